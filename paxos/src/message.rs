@@ -1,0 +1,155 @@
+//! The messages nodes exchange. One struct per message; [`Message`] is what travels.
+//!
+//! Catch-up is not a message here: the core asks its host to fetch decided blocks from a peer
+//! ([`crate::Fetch`]) and takes the answer as [`crate::Input::Blocks`], because serving blocks is a
+//! read of the peer's disk, not a step of its state machine.
+
+use crate::ledger::{Batch, Transfer};
+use crate::types::{Ballot, Height};
+
+/// A message from one node to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Leader election: "are you there, and whom do you see?"
+    Heartbeat(Heartbeat),
+    /// Leader election: the answer to a [`Heartbeat`].
+    HeartbeatReply(HeartbeatReply),
+    /// Phase 1a: a candidate asks for a promise.
+    Prepare(Prepare),
+    /// Phase 1b: an acceptor promises and reports what it accepted.
+    Promise(Promise),
+    /// Phase 2a: the leader asks acceptors to accept a batch for a slot.
+    Accept(Accept),
+    /// Phase 2b: an acceptor accepted.
+    Accepted(Accepted),
+    /// The leader tells everyone a slot is decided.
+    Decide(Decide),
+    /// An acceptor refuses a ballot below the one it promised.
+    Nack(Nack),
+    /// A follower hands client transfers to the leader.
+    Forward(Forward),
+}
+
+/// Sent to every peer once per tick. Carries what a peer needs to judge this node as a leader
+/// candidate and to notice that it is behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Identifies the round, so late replies from earlier rounds are not counted.
+    pub round: u64,
+    /// The sender's height, so a peer that is behind starts catching up.
+    pub decided: Height,
+}
+
+/// The answer to a [`Heartbeat`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// The round being answered.
+    pub round: u64,
+    /// The replier's own ballot: the one it would lead with.
+    pub ballot: Ballot,
+    /// Whether the replier heard from a majority (itself included) in its last round; only such
+    /// nodes may lead.
+    pub quorum_connected: bool,
+    /// The leader the replier follows, if it heard that leader directly, quorum-connected, in its
+    /// last round. Lets nodes that cannot reach the leader themselves still see it is alive.
+    pub leader: Option<Ballot>,
+    /// The replier's height.
+    pub decided: Height,
+}
+
+/// Phase 1a for every slot above `decided`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepare {
+    /// The candidate's ballot.
+    pub ballot: Ballot,
+    /// The candidate's height; the promise reports everything the acceptor accepted above its own height.
+    pub decided: Height,
+}
+
+/// A value an acceptor accepted for a slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedValue {
+    /// The slot.
+    pub slot: Height,
+    /// The ballot it was accepted in.
+    pub ballot: Ballot,
+    /// The value.
+    pub batch: Batch,
+}
+
+/// Phase 1b.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promise {
+    /// The ballot promised.
+    pub ballot: Ballot,
+    /// The acceptor's height: every slot up to it is decided.
+    pub decided: Height,
+    /// Every value the acceptor accepted for a slot above its height, with its ballot.
+    pub accepted: Vec<AcceptedValue>,
+}
+
+/// Phase 2a.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accept {
+    /// The leader's ballot.
+    pub ballot: Ballot,
+    /// The slot.
+    pub slot: Height,
+    /// The proposed value.
+    pub batch: Batch,
+}
+
+/// Phase 2b.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The ballot accepted.
+    pub ballot: Ballot,
+    /// The slot.
+    pub slot: Height,
+}
+
+/// The value the leader proposed for `slot` in `ballot` is decided. A node that accepted that
+/// value in that ballot learns it; any other node fetches the block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decide {
+    /// The leader's ballot.
+    pub ballot: Ballot,
+    /// The decided slot.
+    pub slot: Height,
+}
+
+/// A refusal: the acceptor promised a higher ballot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    /// The ballot refused.
+    pub ballot: Ballot,
+    /// The ballot the acceptor promised.
+    pub promised: Ballot,
+}
+
+/// Client transfers handed towards the leader by the node that took them. A node that cannot
+/// reach the leader itself hands them to a peer that can, so they may travel a few hops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// The transfers.
+    pub transfers: Vec<Transfer>,
+    /// How many nodes passed these transfers on already.
+    pub hops: u32,
+}
+
+impl Message {
+    /// The message's name, for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Heartbeat(_) => "heartbeat",
+            Message::HeartbeatReply(_) => "heartbeat-reply",
+            Message::Prepare(_) => "prepare",
+            Message::Promise(_) => "promise",
+            Message::Accept(_) => "accept",
+            Message::Accepted(_) => "accepted",
+            Message::Decide(_) => "decide",
+            Message::Nack(_) => "nack",
+            Message::Forward(_) => "forward",
+        }
+    }
+}

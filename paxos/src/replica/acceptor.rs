@@ -1,0 +1,104 @@
+//! The acceptor: promises (Phase 1b) and votes (Phase 2b).
+//!
+//! Paxos' safety rests here. An acceptor never answers a ballot below its promise, and everything
+//! its answer vouches for (the promise, the accepted value) is in the step's durable batch, which
+//! the host writes before it sends the answer.
+
+use super::Replica;
+use crate::message::{Accept, Accepted, AcceptedValue, Message, Nack, Prepare, Promise};
+use crate::storage::Write;
+use crate::types::{Ballot, Height, NodeId};
+
+/// How far above its own height an acceptor stores accepted values. A node further behind than
+/// this declines to vote (a majority does not need it) and catches up first, so a peer cannot make
+/// it hold unbounded state.
+pub(super) const ACCEPT_AHEAD_MAX: Height = 100_000;
+
+impl Replica {
+    /// Phase 1b. Paxos: promise not to accept ballots below `ballot`, and report every value
+    /// accepted so far, so the new leader re-proposes whatever may have been chosen.
+    pub(super) fn handle_prepare(&mut self, from: NodeId, prepare: Prepare) {
+        self.note_peer_height(from, prepare.decided);
+        self.election.observe(prepare.ballot);
+        if self.ballot_below(prepare.ballot, self.promised) {
+            self.send_nack(from, prepare.ballot);
+            return;
+        }
+        self.raise_promise(prepare.ballot);
+        let promise = Promise {
+            ballot: prepare.ballot,
+            decided: self.ledger.height(),
+            accepted: self.accepted_values(),
+        };
+        self.send(from, Message::Promise(promise));
+        self.fetch_if_behind();
+    }
+
+    /// Phase 2b. Paxos: accept unless a higher ballot was promised.
+    pub(super) fn handle_accept(&mut self, from: NodeId, accept: Accept) {
+        self.election.observe(accept.ballot);
+        if self.ballot_below(accept.ballot, self.promised) {
+            self.send_nack(from, accept.ballot);
+            return;
+        }
+        let height = self.ledger.height();
+        if accept.slot > height + ACCEPT_AHEAD_MAX {
+            self.reject(
+                from,
+                &Message::Accept(accept),
+                "slot too far above this node's height",
+            );
+            self.fetch_from(from);
+            return;
+        }
+        self.raise_promise(accept.ballot);
+        // A slot at or below the chain's head is decided, and Paxos makes any later proposal for it
+        // the decided value: the vote is safe without storing anything.
+        if accept.slot > height {
+            self.accepted
+                .insert(accept.slot, (accept.ballot, accept.batch.clone()));
+            self.write_acceptor_state(Write::Accept {
+                slot: accept.slot,
+                ballot: accept.ballot,
+                batch: accept.batch,
+            });
+        }
+        let accepted = Accepted {
+            ballot: accept.ballot,
+            slot: accept.slot,
+        };
+        self.send(from, Message::Accepted(accepted));
+    }
+
+    /// Promises `ballot` if it is above the current promise; a candidate or leader with a lower
+    /// ballot steps down, as its own acceptor now refuses it.
+    fn raise_promise(&mut self, ballot: Ballot) {
+        if self.promised < ballot {
+            self.promised = ballot;
+            self.write_acceptor_state(Write::Promise(ballot));
+        }
+        if self.role_ballot().is_some_and(|own| own < ballot) {
+            self.step_down(Some(ballot));
+        }
+    }
+
+    fn send_nack(&mut self, to: NodeId, ballot: Ballot) {
+        let nack = Nack {
+            ballot,
+            promised: self.promised,
+        };
+        self.send(to, Message::Nack(nack));
+    }
+
+    /// Every value accepted above the chain's head.
+    pub(super) fn accepted_values(&self) -> Vec<AcceptedValue> {
+        self.accepted
+            .iter()
+            .map(|(slot, (ballot, batch))| AcceptedValue {
+                slot: *slot,
+                ballot: *ballot,
+                batch: batch.clone(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,317 @@
+//! The proposer: Phase 1 as a candidate, then Phase 2 as a stable leader that batches client
+//! transfers and keeps several slots in flight.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use super::{Candidate, Event, Leader, Proposal, Replica, Role};
+use crate::bugs::PlantedBug;
+use crate::ledger::{Batch, Transfer};
+use crate::message::{Accept, Accepted, Decide, Message, Nack, Prepare, Promise};
+use crate::storage::Write;
+use crate::types::{Ballot, Height, NodeId};
+
+/// A proposal unanswered for this many ticks is sent again to the acceptors that have not voted.
+const ACCEPT_RESEND_TICKS: u64 = 2;
+
+impl Replica {
+    /// The ballot this node runs Phase 1 or leads with, if it does.
+    pub(super) fn role_ballot(&self) -> Option<Ballot> {
+        match &self.role {
+            Role::Follower => None,
+            Role::Candidate(candidate) => Some(candidate.ballot),
+            Role::Leader(leader) => Some(leader.ballot),
+        }
+    }
+
+    /// Phase 1a: promise our own ballot (durably, in this step's batch, before any Prepare leaves)
+    /// and ask every peer for a promise.
+    pub(super) fn start_election(&mut self) {
+        let mut ballot = self.election.ballot();
+        if ballot.node != self.config.id
+            || !self.ballot_below(self.promised, ballot)
+            || ballot < self.election.highest_seen()
+        {
+            ballot = self.raise_ballot();
+        }
+        self.step_down(None);
+        self.election.set_ballot(ballot);
+        self.election.set_leader(Some(ballot));
+        self.promised = ballot;
+        self.write_acceptor_state(Write::Promise(ballot));
+        let own = Promise {
+            ballot,
+            decided: self.ledger.height(),
+            accepted: self.accepted_values(),
+        };
+        let mut promises = BTreeMap::new();
+        promises.insert(self.config.id, own);
+        self.role = Role::Candidate(Candidate { ballot, promises });
+        self.ready.events.push(Event::ElectionStarted { ballot });
+        self.broadcast(Message::Prepare(Prepare {
+            ballot,
+            decided: self.ledger.height(),
+        }));
+        self.try_finish_election();
+    }
+
+    /// Sends Prepare again to peers that have not promised (messages may be lost).
+    pub(super) fn resend_prepare(&mut self) {
+        let Role::Candidate(candidate) = &self.role else {
+            return;
+        };
+        let prepare = Prepare {
+            ballot: candidate.ballot,
+            decided: self.ledger.height(),
+        };
+        let silent: Vec<NodeId> = self
+            .config
+            .peers()
+            .filter(|peer| !candidate.promises.contains_key(peer))
+            .collect();
+        for peer in silent {
+            self.send(peer, Message::Prepare(prepare.clone()));
+        }
+    }
+
+    /// Phase 1b arrives.
+    pub(super) fn handle_promise(&mut self, from: NodeId, promise: Promise) {
+        self.note_peer_height(from, promise.decided);
+        let Role::Candidate(candidate) = &mut self.role else {
+            return;
+        };
+        if promise.ballot != candidate.ballot {
+            return;
+        }
+        candidate.promises.insert(from, promise);
+        self.try_finish_election();
+    }
+
+    /// With promises from a majority, becomes leader: first learns every block a promiser has
+    /// decided, then re-proposes, slot by slot, the value accepted in the highest ballot (Paxos'
+    /// rule that keeps a possibly chosen value chosen), filling slots nobody accepted with empty
+    /// batches.
+    pub(super) fn try_finish_election(&mut self) {
+        let Role::Candidate(candidate) = &self.role else {
+            return;
+        };
+        if candidate.promises.len() < self.config.majority() {
+            return;
+        }
+        let height = self.ledger.height();
+        let (ahead_peer, ahead_height) = candidate
+            .promises
+            .iter()
+            .map(|(node, promise)| (*node, promise.decided))
+            .max_by_key(|(_, decided)| *decided)
+            .expect("a majority is at least one promise");
+        if ahead_height > height {
+            // Slots up to `ahead_height` are decided; their values come by catch-up, never by
+            // a new proposal.
+            self.fetch_from(ahead_peer);
+            return;
+        }
+        let ballot = candidate.ballot;
+        let mut values: BTreeMap<Height, (Ballot, Batch)> = BTreeMap::new();
+        if !self
+            .config
+            .planted_bugs
+            .has(PlantedBug::IgnorePromisedValues)
+        {
+            for promise in candidate.promises.values() {
+                for value in promise.accepted.iter().filter(|value| value.slot > height) {
+                    let replace = values
+                        .get(&value.slot)
+                        .is_none_or(|(best, _)| self.ballot_below(*best, value.ballot));
+                    if replace {
+                        values.insert(value.slot, (value.ballot, value.batch.clone()));
+                    }
+                }
+            }
+        }
+        for (slot, batch) in &self.decided {
+            values.insert(*slot, (ballot, batch.clone()));
+        }
+        let top_slot = values.keys().next_back().copied().unwrap_or(height);
+        self.role = Role::Leader(Leader {
+            ballot,
+            next_slot: height + 1,
+            in_flight: BTreeMap::new(),
+            queue: VecDeque::new(),
+            proposed: HashSet::new(),
+        });
+        for slot in height + 1..=top_slot {
+            let batch = match values.remove(&slot) {
+                Some((_, batch)) => batch,
+                None => Batch {
+                    proposer: self.config.id,
+                    transfers: Vec::new(),
+                },
+            };
+            self.propose_at(slot, batch);
+        }
+        self.ready.events.push(Event::BecameLeader {
+            ballot,
+            reproposed: (top_slot - height) as usize,
+        });
+        let own: Vec<Transfer> = self.pending().cloned().collect();
+        for transfer in own {
+            self.enqueue(transfer);
+        }
+        self.propose_from_queue();
+    }
+
+    /// Gives up candidacy or leadership (if any).
+    pub(super) fn step_down(&mut self, higher: Option<Ballot>) {
+        if let Some(higher) = higher {
+            self.election.observe(higher);
+        }
+        if let Some(ballot) = self.role_ballot() {
+            self.role = Role::Follower;
+            self.ready
+                .events
+                .push(Event::SteppedDown { ballot, higher });
+        }
+    }
+
+    /// An acceptor refused our ballot: someone promised a higher one.
+    pub(super) fn handle_nack(&mut self, _from: NodeId, nack: Nack) {
+        self.election.observe(nack.promised);
+        if self.role_ballot() == Some(nack.ballot) && self.ballot_below(nack.ballot, nack.promised)
+        {
+            self.step_down(Some(nack.promised));
+        }
+    }
+
+    /// Queues a transfer for proposal unless it is already decided, queued or in flight.
+    pub(super) fn enqueue(&mut self, transfer: Transfer) {
+        if self.ledger.lookup(&transfer.id).is_some() {
+            return;
+        }
+        let queue_max = self.config.queue_transfers_max;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if leader.queue.len() >= queue_max || leader.proposed.contains(&transfer.id) {
+            return;
+        }
+        leader.proposed.insert(transfer.id.clone());
+        leader.queue.push_back(transfer);
+    }
+
+    /// Proposes queued transfers in batches while the in-flight window has room.
+    pub(super) fn propose_from_queue(&mut self) {
+        loop {
+            let Role::Leader(leader) = &mut self.role else {
+                return;
+            };
+            if leader.in_flight.len() >= self.config.in_flight_slots_max || leader.queue.is_empty()
+            {
+                return;
+            }
+            let take = leader.queue.len().min(self.config.batch_transfers_max);
+            let transfers: Vec<Transfer> = leader.queue.drain(..take).collect();
+            let slot = leader.next_slot;
+            let batch = Batch {
+                proposer: self.config.id,
+                transfers,
+            };
+            self.propose_at(slot, batch);
+        }
+    }
+
+    /// Phase 2a for one slot: accept it ourselves and ask every peer to.
+    fn propose_at(&mut self, slot: Height, batch: Batch) {
+        let Role::Leader(leader) = &mut self.role else {
+            unreachable!("only a leader proposes");
+        };
+        let ballot = leader.ballot;
+        leader.next_slot = leader.next_slot.max(slot + 1);
+        let mut accepted_by = std::collections::BTreeSet::new();
+        accepted_by.insert(self.config.id);
+        leader.in_flight.insert(
+            slot,
+            Proposal {
+                batch: batch.clone(),
+                accepted_by,
+                sent_at: self.now,
+            },
+        );
+        self.accepted.insert(slot, (ballot, batch.clone()));
+        self.write_acceptor_state(Write::Accept {
+            slot,
+            ballot,
+            batch: batch.clone(),
+        });
+        self.broadcast(Message::Accept(Accept {
+            ballot,
+            slot,
+            batch,
+        }));
+        if self.config.majority() == 1 {
+            self.decide(slot);
+        }
+    }
+
+    /// Sends proposals again to acceptors that have not voted for a while.
+    pub(super) fn resend_accepts(&mut self) {
+        let now = self.now;
+        let peers: Vec<NodeId> = self.config.peers().collect();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let ballot = leader.ballot;
+        let mut resend = Vec::new();
+        for (slot, proposal) in leader.in_flight.iter_mut() {
+            if now - proposal.sent_at < ACCEPT_RESEND_TICKS {
+                continue;
+            }
+            proposal.sent_at = now;
+            for peer in peers
+                .iter()
+                .filter(|peer| !proposal.accepted_by.contains(peer))
+            {
+                let accept = Accept {
+                    ballot,
+                    slot: *slot,
+                    batch: proposal.batch.clone(),
+                };
+                resend.push((*peer, accept));
+            }
+        }
+        for (peer, accept) in resend {
+            self.send(peer, Message::Accept(accept));
+        }
+    }
+
+    /// Phase 2b arrives; a majority decides the slot.
+    pub(super) fn handle_accepted(&mut self, from: NodeId, accepted: Accepted) {
+        let majority = self.config.majority();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if accepted.ballot != leader.ballot {
+            return;
+        }
+        let Some(proposal) = leader.in_flight.get_mut(&accepted.slot) else {
+            return;
+        };
+        proposal.accepted_by.insert(from);
+        if proposal.accepted_by.len() >= majority {
+            self.decide(accepted.slot);
+        }
+    }
+
+    /// A majority accepted `slot`: tell everyone, learn it, and use the freed window.
+    fn decide(&mut self, slot: Height) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let ballot = leader.ballot;
+        let Some(proposal) = leader.in_flight.remove(&slot) else {
+            return;
+        };
+        self.broadcast(Message::Decide(Decide { ballot, slot }));
+        self.learn(slot, proposal.batch);
+        self.propose_from_queue();
+    }
+}
