@@ -1,1 +1,75 @@
+//! A deterministic simulation of a whole Benmo cluster, driving the real consensus core
+//! ([`benmo_paxos::Replica`]) on a simulated network, disk and clock.
+//!
+//! - [`world`]: the cluster, the network with its faults, crashing and restarting nodes, and
+//!   clients that submit valid and invalid transfers and retry.
+//! - [`checkers`]: one checker per invariant, run after every step.
+//!
+//! [`run_seed`] runs one seed end to end; the `benmo-sim` binary runs ranges of seeds.
 
+pub mod checkers;
+pub mod world;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use benmo_paxos::PlantedBugs;
+
+pub use checkers::Violation;
+pub use world::{Options, Stats, World};
+
+/// The outcome of one seed.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// `Ok` if every invariant held and the cluster converged.
+    pub result: Result<(), Violation>,
+    /// Counters of the run (partial if it failed).
+    pub stats: Stats,
+}
+
+/// Runs one randomized scenario for `seed` and reports how it went. A panic inside the core (one
+/// of its own invariant assertions) is reported as a violation, not propagated.
+pub fn run_seed(seed: u64, nodes: u32, planted_bugs: PlantedBugs, trace: bool) -> SeedReport {
+    let options = Options {
+        seed,
+        nodes,
+        planted_bugs,
+        trace,
+    };
+    let mut world = World::new(options);
+    let outcome = catch_unwind(AssertUnwindSafe(|| world.run_random()));
+    let result = match outcome {
+        Ok(result) => result,
+        Err(panic) => Err(Violation {
+            checker: "core-assertion",
+            detail: panic_message(&panic),
+        }),
+    };
+    SeedReport {
+        seed,
+        result,
+        stats: world.stats().clone(),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// The command that replays one seed exactly.
+pub fn replay_command(seed: u64, nodes: u32, planted: Option<benmo_paxos::PlantedBug>) -> String {
+    match planted {
+        None => format!("cargo run --release -p benmo-sim -- --seed {seed} --nodes {nodes}"),
+        Some(bug) => format!(
+            "cargo run --release -p benmo-sim --features planted-bugs -- --seed {seed} --nodes {nodes} --planted-bug {}",
+            bug.name()
+        ),
+    }
+}

@@ -54,8 +54,10 @@ impl Replica {
         self.try_finish_election();
     }
 
-    /// Sends Prepare again to peers that have not promised (messages may be lost).
+    /// Sends Prepare again to peers that have not promised (messages may be lost), and retries
+    /// the catch-up a candidate with a majority of promises may be waiting for.
     pub(super) fn resend_prepare(&mut self) {
+        self.try_finish_election();
         let Role::Candidate(candidate) = &self.role else {
             return;
         };
@@ -224,6 +226,10 @@ impl Replica {
         let Role::Leader(leader) = &mut self.role else {
             unreachable!("only a leader proposes");
         };
+        assert!(
+            slot > self.ledger.height(),
+            "slot {slot} is already in the chain"
+        );
         let ballot = leader.ballot;
         leader.next_slot = leader.next_slot.max(slot + 1);
         let mut accepted_by = std::collections::BTreeSet::new();

@@ -41,9 +41,14 @@ impl Replica {
     }
 
     fn apply_decided(&mut self) {
+        let height = self.ledger.height();
         while let Some(batch) = self.decided.remove(&(self.ledger.height() + 1)) {
             let block = self.ledger.apply(batch.proposer, &batch.transfers);
             self.on_appended(block);
+        }
+        if self.ledger.height() > height {
+            // A candidate may have been waiting for exactly these blocks.
+            self.try_finish_election();
         }
     }
 
@@ -53,6 +58,9 @@ impl Replica {
         let height = block.height;
         self.accepted = self.accepted.split_off(&(height + 1));
         if let Role::Leader(leader) = &mut self.role {
+            // Blocks can reach a leader by catch-up (another leader decided them): never propose
+            // at or below the chain's head.
+            leader.next_slot = leader.next_slot.max(height + 1);
             leader.in_flight = leader.in_flight.split_off(&(height + 1));
             for entry in &block.entries {
                 leader.proposed.remove(&entry.transfer.id);

@@ -1,0 +1,148 @@
+//! `benmo-sim`: runs the deterministic cluster simulation for one seed or a range of seeds.
+//!
+//!     benmo-sim --seed 123456                      # one seed, with its details
+//!     benmo-sim --first-seed 1000000 --seeds 10000 # a range; prints "K passed, F failed"
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use benmo_paxos::{PlantedBug, PlantedBugs};
+use benmo_sim::{replay_command, run_seed, SeedReport};
+use clap::Parser;
+
+/// Simulates a Benmo cluster under faults and checks every invariant after every step.
+#[derive(Parser, Debug)]
+#[command(name = "benmo-sim", version)]
+struct Arguments {
+    /// Run exactly this seed and print its details (replays a failure).
+    #[arg(long, conflicts_with_all = ["first_seed", "seeds"])]
+    seed: Option<u64>,
+    /// The first seed of a range.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// How many consecutive seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// Cluster size.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=9))]
+    nodes: u32,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print every step of a single seed.
+    #[arg(long, requires = "seed")]
+    trace: bool,
+    /// Plant a known bug in the core (needs the `planted-bugs` feature).
+    #[arg(long)]
+    planted_bug: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let arguments = Arguments::parse();
+    let planted = match &arguments.planted_bug {
+        None => None,
+        Some(name) => match PlantedBug::from_name(name) {
+            Some(bug) => Some(bug),
+            None => bail!(
+                "unknown planted bug {name:?}; known: {}",
+                PlantedBug::ALL.map(|bug| bug.name()).join(", ")
+            ),
+        },
+    };
+    let planted_bugs = planted_bugs(planted)?;
+    // A panic inside the core is one of its invariant assertions; the report carries its message.
+    std::panic::set_hook(Box::new(|_| {}));
+    if let Some(seed) = arguments.seed {
+        let report = run_seed(seed, arguments.nodes, planted_bugs, arguments.trace);
+        print_report(&report, arguments.nodes, planted);
+        if report.result.is_err() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let threads = arguments
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let started = Instant::now();
+    let next = AtomicU64::new(arguments.first_seed);
+    let end = arguments.first_seed.saturating_add(arguments.seeds);
+    let failures: Mutex<Vec<SeedReport>> = Mutex::new(Vec::new());
+    let totals = Mutex::new((0u64, 0u64, 0u64));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    break;
+                }
+                let report = run_seed(seed, arguments.nodes, planted_bugs, false);
+                {
+                    let mut totals = totals.lock().expect("no panics while holding it");
+                    totals.0 += report.stats.steps;
+                    totals.1 += report.stats.faults;
+                    totals.2 += report.stats.acknowledged;
+                }
+                if report.result.is_err() {
+                    print_report(&report, arguments.nodes, planted);
+                    failures
+                        .lock()
+                        .expect("no panics while holding it")
+                        .push(report);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("threads are done");
+    let (steps, faults, acknowledged) = totals.into_inner().expect("threads are done");
+    let failed = failures.len() as u64;
+    let mut seeds: Vec<u64> = failures.iter().map(|report| report.seed).collect();
+    seeds.sort_unstable();
+    println!(
+        "{} passed, {failed} failed ({} nodes, seeds {}..{end}, {steps} steps, {faults} faults, {acknowledged} transfers acknowledged, {:.1} s){}",
+        arguments.seeds - failed,
+        arguments.nodes,
+        arguments.first_seed,
+        started.elapsed().as_secs_f64(),
+        if seeds.is_empty() {
+            String::new()
+        } else {
+            format!("; failing seeds: {seeds:?}")
+        }
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[cfg(feature = "planted-bugs")]
+fn planted_bugs(planted: Option<PlantedBug>) -> Result<PlantedBugs> {
+    Ok(planted.map(PlantedBugs::only).unwrap_or_default())
+}
+
+#[cfg(not(feature = "planted-bugs"))]
+fn planted_bugs(planted: Option<PlantedBug>) -> Result<PlantedBugs> {
+    if planted.is_some() {
+        bail!("--planted-bug needs a build with the planted-bugs feature (cargo run -p benmo-sim --features planted-bugs)");
+    }
+    Ok(PlantedBugs::default())
+}
+
+fn print_report(report: &SeedReport, nodes: u32, planted: Option<PlantedBug>) {
+    let stats = &report.stats;
+    match &report.result {
+        Ok(()) => println!(
+            "seed {} passed: {} steps, {} faults ({} crashes), {} submitted, {} acknowledged, height {}, converged {} ms after faults stopped",
+            report.seed, stats.steps, stats.faults, stats.crashes, stats.submitted, stats.acknowledged, stats.height, stats.recovery_ms
+        ),
+        Err(violation) => {
+            println!(
+                "seed {} FAILED after {} steps: {} violated: {}",
+                report.seed, stats.steps, violation.checker, violation.detail
+            );
+            println!("replay: {}", replay_command(report.seed, nodes, planted));
+        }
+    }
+}
