@@ -4,10 +4,12 @@
 //! - [`world`]: the cluster, the network with its faults, crashing and restarting nodes, and
 //!   clients that submit valid and invalid transfers and retry.
 //! - [`checkers`]: one checker per invariant, run after every step.
+//! - [`scenarios`]: the OmniPaxos partial-connectivity shapes, measured.
 //!
 //! [`run_seed`] runs one seed end to end; the `benmo-sim` binary runs ranges of seeds.
 
 pub mod checkers;
+pub mod scenarios;
 pub mod world;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -36,6 +38,7 @@ pub fn run_seed(seed: u64, nodes: u32, planted_bugs: PlantedBugs, trace: bool) -
         nodes,
         planted_bugs,
         trace,
+        vary_config: true,
     };
     let mut world = World::new(options);
     let outcome = catch_unwind(AssertUnwindSafe(|| world.run_random()));

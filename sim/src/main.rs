@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use benmo_paxos::{PlantedBug, PlantedBugs};
+use benmo_sim::scenarios::{self, election_timeout_ms_max, Shape};
 use benmo_sim::{replay_command, run_seed, SeedReport};
 use clap::Parser;
 
@@ -37,6 +38,11 @@ struct Arguments {
     /// Plant a known bug in the core (needs the `planted-bugs` feature).
     #[arg(long)]
     planted_bug: Option<String>,
+    /// Instead of random faults, build one OmniPaxos partial-connectivity shape per seed and
+    /// report how long the cluster takes to commit again: quorum-loss, constrained-election or
+    /// chained.
+    #[arg(long, conflicts_with = "planted_bug")]
+    scenario: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -54,6 +60,24 @@ fn main() -> Result<()> {
     let planted_bugs = planted_bugs(planted)?;
     // A panic inside the core is one of its invariant assertions; the report carries its message.
     std::panic::set_hook(Box::new(|_| {}));
+    if let Some(name) = &arguments.scenario {
+        let Some(shape) = Shape::from_name(name) else {
+            bail!("unknown scenario {name:?}; known: quorum-loss, constrained-election, chained");
+        };
+        if !shape.applies_to(arguments.nodes) {
+            bail!(
+                "{name} does not apply to {} nodes: no node could reach a majority",
+                arguments.nodes
+            );
+        }
+        let first = arguments.seed.unwrap_or(arguments.first_seed);
+        let count = if arguments.seed.is_some() {
+            1
+        } else {
+            arguments.seeds
+        };
+        return run_scenario(shape, first, count, arguments.nodes);
+    }
     if let Some(seed) = arguments.seed {
         let report = run_seed(seed, arguments.nodes, planted_bugs, arguments.trace);
         print_report(&report, arguments.nodes, planted);
@@ -145,4 +169,43 @@ fn print_report(report: &SeedReport, nodes: u32, planted: Option<PlantedBug>) {
             println!("replay: {}", replay_command(report.seed, nodes, planted));
         }
     }
+}
+
+fn run_scenario(shape: Shape, first: u64, count: u64, nodes: u32) -> Result<()> {
+    let mut recoveries = Vec::new();
+    let mut failed = Vec::new();
+    for seed in first..first.saturating_add(count) {
+        match scenarios::run(seed, nodes, shape) {
+            Ok(recovery) => recoveries.push(recovery.recovery_ms),
+            Err(violation) => {
+                println!(
+                    "seed {seed} FAILED: {} violated: {}",
+                    violation.checker, violation.detail
+                );
+                failed.push(seed);
+            }
+        }
+    }
+    recoveries.sort_unstable();
+    let timeout = election_timeout_ms_max() as f64;
+    let at = |quantile: f64| {
+        recoveries
+            .get(((recoveries.len() as f64 - 1.0) * quantile).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let (median, p99, max) = (at(0.5), at(0.99), recoveries.last().copied().unwrap_or(0));
+    println!(
+        "{}: {} passed, {} failed ({nodes} nodes); commit again after the cut: median {median} ms ({:.2} election timeouts), p99 {p99} ms ({:.2}), max {max} ms ({:.2}); election timeout max {timeout} ms",
+        shape.name(),
+        recoveries.len(),
+        failed.len(),
+        median as f64 / timeout,
+        p99 as f64 / timeout,
+        max as f64 / timeout,
+    );
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }

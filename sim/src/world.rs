@@ -40,6 +40,9 @@ pub struct Options {
     pub planted_bugs: PlantedBugs,
     /// Print every step.
     pub trace: bool,
+    /// Draw the nodes' batching, pipelining and queue limits from the seed instead of using the
+    /// defaults, so runs also cover one-transfer blocks, a single slot in flight and full queues.
+    pub vary_config: bool,
 }
 
 /// How hostile the network is; drawn per seed, changed by faults.
@@ -194,9 +197,19 @@ impl World {
     pub fn new(options: Options) -> World {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let genesis = Block::genesis(options.nodes, 100);
+        let mut template = Config::new(1, options.nodes);
+        if options.vary_config {
+            template.batch_transfers_max = [1, 2, 4, 64, 1_024][rng.random_range(0..5)];
+            template.in_flight_slots_max = [1, 2, 8, 16][rng.random_range(0..4)];
+            if rng.random_bool(0.2) {
+                template.pending_transfers_max = rng.random_range(1..=4);
+                template.queue_transfers_max = rng.random_range(1..=8);
+            }
+        }
         let mut nodes = Vec::new();
         for id in 1..=options.nodes {
-            let mut config = Config::new(id, options.nodes);
+            let mut config = template.clone();
+            config.id = id;
             config.planted_bugs = options.planted_bugs;
             let mut disk = MemoryStorage::new();
             disk.write(&[Write::AppendBlock(genesis.clone())])
@@ -315,6 +328,32 @@ impl World {
         self.load = false;
     }
 
+    /// Submits one transfer from a new client to node `node` and returns its id; the client
+    /// retries (at random nodes) until it gets an answer.
+    pub fn submit_to(&mut self, node: NodeId, transfer: Transfer) -> TransferId {
+        self.clients.push(SimClient::default());
+        let client = self.clients.len() - 1;
+        let id = transfer.id.clone();
+        self.submitted.insert(id.clone(), transfer.clone());
+        self.stats.submitted += 1;
+        self.clients[client].outstanding = Some(Outstanding {
+            transfer: transfer.clone(),
+            malformed: false,
+            attempt: 1,
+        });
+        let delay = self.rng.random_range(1..=3);
+        self.schedule(
+            delay,
+            Event::ClientRequest {
+                client,
+                node,
+                transfer,
+            },
+        );
+        self.schedule(CLIENT_TIMEOUT_MS, Event::ClientRetry { client, attempt: 1 });
+        id
+    }
+
     /// Submits one transfer from a new client and returns its id; the client retries until it
     /// gets an answer.
     pub fn submit(&mut self, transfer: Transfer) -> TransferId {
@@ -341,7 +380,7 @@ impl World {
 
     /// Runs a whole randomized scenario: faults, then calm, then the liveness check.
     pub fn run_random(&mut self) -> Result<(), Violation> {
-        let fault_phase_ms = self.rng.random_range(3_000..=8_000);
+        let fault_phase_ms = self.rng.random_range(4_000..=12_000);
         let network = NetworkFaults {
             loss: self.rng.random_range(0.0..0.08),
             duplicate: self.rng.random_range(0.0..0.05),
@@ -349,7 +388,11 @@ impl World {
             delay_ms_max: self.rng.random_range(1..=20),
         };
         self.set_network(network);
-        let clients = self.rng.random_range(2..=6);
+        let clients = if self.rng.random_bool(0.2) {
+            self.rng.random_range(10..=30)
+        } else {
+            self.rng.random_range(2..=6)
+        };
         self.start_clients(clients);
         self.faults_on = true;
         self.faults_end_ms = fault_phase_ms;
@@ -569,9 +612,6 @@ impl World {
     }
 
     fn end_faults(&mut self) {
-        if !self.faults_on && !self.load {
-            return;
-        }
         self.note(|| "faults stop: heal all, restart all, calm network".to_string());
         self.faults_on = false;
         self.load = false;

@@ -96,6 +96,16 @@ impl Election {
         self.quorum_connected
     }
 
+    #[cfg(test)]
+    pub(super) fn timeout(&self) -> u64 {
+        self.timeout
+    }
+
+    #[cfg(test)]
+    pub(super) fn round(&self) -> u64 {
+        self.round
+    }
+
     pub(super) fn route(&self) -> Option<NodeId> {
         self.route
     }
@@ -270,6 +280,22 @@ impl Replica {
         let ballot = Ballot::new(round, self.config.id);
         self.election.set_ballot(ballot);
         ballot
+    }
+
+    /// Follows the owner of `ballot`, seen in a Paxos message rather than in a heartbeat round,
+    /// if it is above the leader followed now.
+    pub(super) fn follow_ballot(&mut self, ballot: Ballot) {
+        let above = self.election.leader.is_none_or(|leader| {
+            leader < ballot || (leader.node == self.config.id && self.role_ballot().is_none())
+        });
+        if ballot.node == self.config.id || !above {
+            return;
+        }
+        self.follow(Some(Sighting {
+            ballot,
+            route: Some(ballot.node),
+            direct: false,
+        }));
     }
 
     /// Follows the node of `sighting` (or no one), starting Phase 1 if that is this node.

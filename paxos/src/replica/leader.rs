@@ -162,16 +162,19 @@ impl Replica {
         self.propose_from_queue();
     }
 
-    /// Gives up candidacy or leadership (if any).
+    /// Gives up candidacy or leadership (if any). When a higher ballot is the reason, its owner
+    /// is running Phase 1 or leading: follow it, and give it a full election timeout before
+    /// contesting, so two candidates do not take turns outbidding each other every round.
     pub(super) fn step_down(&mut self, higher: Option<Ballot>) {
-        if let Some(higher) = higher {
-            self.election.observe(higher);
-        }
         if let Some(ballot) = self.role_ballot() {
             self.role = Role::Follower;
             self.ready
                 .events
                 .push(Event::SteppedDown { ballot, higher });
+        }
+        if let Some(higher) = higher {
+            self.election.observe(higher);
+            self.follow_ballot(higher);
         }
     }
 

@@ -1,1 +1,627 @@
+//! Unit tests of the replica: feed it inputs, assert on exactly what comes out.
 
+use super::*;
+use crate::message::{
+    Accept, Accepted, AcceptedValue, Decide, Forward, Heartbeat, HeartbeatReply, Nack, Prepare,
+    Promise,
+};
+use crate::storage::{AcceptorState, Storage};
+
+fn transfer(id: &str, from: NodeId, to: NodeId, amount: u64) -> Transfer {
+    Transfer {
+        id: TransferId::new(id).unwrap(),
+        from,
+        to,
+        amount,
+    }
+}
+
+fn batch(proposer: NodeId, transfers: &[Transfer]) -> Batch {
+    Batch {
+        proposer,
+        transfers: transfers.to_vec(),
+    }
+}
+
+fn fresh(id: NodeId, nodes: u32) -> Replica {
+    let restored = Restored {
+        acceptor: AcceptorState::default(),
+        ledger: Ledger::genesis(nodes, 100),
+    };
+    Replica::new(Config::new(id, nodes), restored, 7).unwrap()
+}
+
+fn receive(replica: &mut Replica, from: NodeId, message: Message) -> Ready {
+    replica.step(Input::Receive { from, message })
+}
+
+fn messages_to(ready: &Ready, to: NodeId) -> Vec<&Message> {
+    ready
+        .messages
+        .iter()
+        .filter(|outgoing| outgoing.to == to)
+        .map(|outgoing| &outgoing.message)
+        .collect()
+}
+
+/// Makes node 1 of `nodes` the leader with ballot 1.1 by feeding it promises.
+fn leader(nodes: u32) -> Replica {
+    let mut replica = fresh(1, nodes);
+    replica.start_election();
+    let ballot = replica.election.ballot();
+    for peer in 2..=(nodes / 2 + 1) {
+        receive(
+            &mut replica,
+            peer,
+            Message::Promise(Promise {
+                ballot,
+                decided: 0,
+                accepted: vec![],
+            }),
+        );
+    }
+    assert_eq!(replica.role(), RoleName::Leader);
+    replica
+}
+
+#[test]
+fn a_promise_is_written_in_the_same_batch_that_sends_it() {
+    // Paxos phase 1b: the promise must be durable before it is sent; the host writes `writes`
+    // before it sends `messages`, so both must come out of the same step.
+    let mut replica = fresh(2, 3);
+    let ballot = Ballot::new(3, 1);
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Prepare(Prepare { ballot, decided: 0 }),
+    );
+    assert_eq!(ready.writes, vec![Write::Promise(ballot)]);
+    assert_eq!(
+        messages_to(&ready, 1),
+        vec![&Message::Promise(Promise {
+            ballot,
+            decided: 0,
+            accepted: vec![]
+        })]
+    );
+    assert_eq!(replica.promised(), ballot);
+}
+
+#[test]
+fn a_prepare_below_the_promise_is_refused_and_changes_nothing() {
+    let mut replica = fresh(2, 3);
+    receive(
+        &mut replica,
+        3,
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(5, 3),
+            decided: 0,
+        }),
+    );
+    let low = Ballot::new(5, 1);
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Prepare(Prepare {
+            ballot: low,
+            decided: 0,
+        }),
+    );
+    assert!(ready.writes.is_empty());
+    assert_eq!(
+        messages_to(&ready, 1),
+        vec![&Message::Nack(Nack {
+            ballot: low,
+            promised: Ballot::new(5, 3)
+        })]
+    );
+    assert_eq!(replica.promised(), Ballot::new(5, 3));
+}
+
+#[test]
+fn a_promise_reports_every_accepted_value() {
+    let mut replica = fresh(2, 3);
+    let first = Ballot::new(1, 1);
+    let value = batch(1, &[transfer("a", 1, 2, 5)]);
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Accept(Accept {
+            ballot: first,
+            slot: 1,
+            batch: value.clone(),
+        }),
+    );
+    assert_eq!(
+        ready.writes,
+        vec![
+            Write::Promise(first),
+            Write::Accept {
+                slot: 1,
+                ballot: first,
+                batch: value.clone()
+            }
+        ]
+    );
+    assert_eq!(
+        messages_to(&ready, 1),
+        vec![&Message::Accepted(Accepted {
+            ballot: first,
+            slot: 1
+        })]
+    );
+    let second = Ballot::new(2, 3);
+    let ready = receive(
+        &mut replica,
+        3,
+        Message::Prepare(Prepare {
+            ballot: second,
+            decided: 0,
+        }),
+    );
+    assert_eq!(
+        messages_to(&ready, 3),
+        vec![&Message::Promise(Promise {
+            ballot: second,
+            decided: 0,
+            accepted: vec![AcceptedValue {
+                slot: 1,
+                ballot: first,
+                batch: value
+            }]
+        })]
+    );
+}
+
+#[test]
+fn an_accept_below_the_promise_is_refused() {
+    let mut replica = fresh(2, 3);
+    receive(
+        &mut replica,
+        3,
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(2, 3),
+            decided: 0,
+        }),
+    );
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Accept(Accept {
+            ballot: Ballot::new(2, 1),
+            slot: 1,
+            batch: batch(1, &[]),
+        }),
+    );
+    assert!(ready.writes.is_empty());
+    assert!(matches!(messages_to(&ready, 1)[..], [Message::Nack(_)]));
+    assert!(replica.accepted().is_empty());
+}
+
+#[test]
+fn a_new_leader_reproposes_the_highest_ballot_value_and_fills_gaps() {
+    // Paxos phase 2a after phase 1: for each slot, the value of the highest ballot among the
+    // promises; a slot nobody accepted below a used one gets an empty batch.
+    let mut replica = fresh(1, 5);
+    replica.start_election();
+    let ballot = replica.election.ballot();
+    let older = batch(2, &[transfer("old", 1, 2, 1)]);
+    let newer = batch(3, &[transfer("new", 1, 3, 1)]);
+    let far = batch(3, &[transfer("far", 2, 3, 1)]);
+    let promise = |accepted| {
+        Message::Promise(Promise {
+            ballot,
+            decided: 0,
+            accepted,
+        })
+    };
+    receive(
+        &mut replica,
+        2,
+        promise(vec![AcceptedValue {
+            slot: 1,
+            ballot: Ballot::new(0, 2),
+            batch: older,
+        }]),
+    );
+    let ready = receive(
+        &mut replica,
+        3,
+        promise(vec![
+            AcceptedValue {
+                slot: 1,
+                ballot: Ballot::new(0, 3),
+                batch: newer.clone(),
+            },
+            AcceptedValue {
+                slot: 3,
+                ballot: Ballot::new(0, 3),
+                batch: far.clone(),
+            },
+        ]),
+    );
+    assert_eq!(replica.role(), RoleName::Leader);
+    let proposed: Vec<(Height, Batch)> = messages_to(&ready, 4)
+        .into_iter()
+        .filter_map(|message| match message {
+            Message::Accept(accept) => Some((accept.slot, accept.batch.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        proposed,
+        vec![(1, newer), (2, batch(1, &[])), (3, far)],
+        "highest ballot wins slot 1, slot 2 is a gap, slot 3 is kept"
+    );
+}
+
+#[test]
+fn a_candidate_behind_a_promiser_catches_up_before_proposing() {
+    let mut replica = fresh(1, 3);
+    replica.start_election();
+    let ballot = replica.election.ballot();
+    let ready = receive(
+        &mut replica,
+        2,
+        Message::Promise(Promise {
+            ballot,
+            decided: 4,
+            accepted: vec![],
+        }),
+    );
+    assert_eq!(replica.role(), RoleName::Candidate);
+    assert_eq!(ready.fetches, vec![Fetch { peer: 2, from: 1 }]);
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|outgoing| matches!(outgoing.message, Message::Accept(_))),
+        "slots 1..=4 are decided elsewhere: nothing may be proposed for them"
+    );
+}
+
+#[test]
+fn the_leader_batches_pending_transfers_into_one_slot() {
+    let mut replica = leader(3);
+    let mut config = replica.config.clone();
+    config.in_flight_slots_max = 1;
+    replica.config = config;
+    let first = replica.step(Input::Propose(transfer("a", 1, 2, 5)));
+    assert_eq!(first.writes[0], Write::AddPending(transfer("a", 1, 2, 5)));
+    assert_eq!(messages_to(&first, 2).len(), 1, "slot 1 goes out at once");
+    // The window is full: these wait and leave together.
+    replica.step(Input::Propose(transfer("b", 2, 3, 5)));
+    replica.step(Input::Propose(transfer("c", 3, 1, 5)));
+    let ballot = replica.election.ballot();
+    let ready = receive(
+        &mut replica,
+        2,
+        Message::Accepted(Accepted { ballot, slot: 1 }),
+    );
+    let accept = messages_to(&ready, 2)
+        .into_iter()
+        .find_map(|message| match message {
+            Message::Accept(accept) => Some(accept.clone()),
+            _ => None,
+        })
+        .expect("slot 2 proposed once slot 1 is decided");
+    assert_eq!(accept.slot, 2);
+    assert_eq!(
+        accept.batch.transfers,
+        vec![transfer("b", 2, 3, 5), transfer("c", 3, 1, 5)]
+    );
+}
+
+#[test]
+fn a_majority_decides_and_the_client_is_answered() {
+    let mut replica = leader(5);
+    let ballot = replica.election.ballot();
+    replica.step(Input::Propose(transfer("a", 1, 3, 20)));
+    let ready = receive(
+        &mut replica,
+        2,
+        Message::Accepted(Accepted { ballot, slot: 1 }),
+    );
+    assert!(ready.writes.is_empty(), "two of five is not a majority");
+    let ready = receive(
+        &mut replica,
+        4,
+        Message::Accepted(Accepted { ballot, slot: 1 }),
+    );
+    let block = ready
+        .appended_blocks()
+        .next()
+        .expect("slot 1 decided")
+        .clone();
+    assert_eq!(block.height, 1);
+    assert_eq!(block.entries[0].outcome, Outcome::Applied);
+    assert!(ready
+        .writes
+        .contains(&Write::RemovePending(TransferId::new("a").unwrap())));
+    assert_eq!(
+        ready.replies,
+        vec![Reply {
+            id: TransferId::new("a").unwrap(),
+            result: Ok(Committed {
+                height: 1,
+                outcome: Outcome::Applied
+            })
+        }]
+    );
+    assert_eq!(
+        messages_to(&ready, 3),
+        vec![&Message::Decide(Decide { ballot, slot: 1 })]
+    );
+    assert_eq!(replica.ledger().balances(), &[80, 100, 120, 100, 100]);
+}
+
+#[test]
+fn a_follower_learns_a_decided_value_it_accepted() {
+    let mut replica = fresh(2, 3);
+    let ballot = Ballot::new(1, 1);
+    let value = batch(1, &[transfer("a", 1, 2, 5)]);
+    receive(
+        &mut replica,
+        1,
+        Message::Accept(Accept {
+            ballot,
+            slot: 1,
+            batch: value,
+        }),
+    );
+    let ready = receive(&mut replica, 1, Message::Decide(Decide { ballot, slot: 1 }));
+    assert_eq!(ready.appended_blocks().count(), 1);
+    assert!(replica.accepted().is_empty());
+    // A decision for a value it did not accept makes it fetch instead.
+    let ready = receive(&mut replica, 1, Message::Decide(Decide { ballot, slot: 2 }));
+    assert_eq!(ready.fetches, vec![Fetch { peer: 1, from: 2 }]);
+}
+
+#[test]
+fn invalid_transfers_are_refused_at_once_and_change_nothing() {
+    let mut replica = fresh(1, 5);
+    let ready = replica.step(Input::Propose(transfer("x", 1, 9, 5)));
+    assert!(ready.writes.is_empty());
+    assert!(ready.messages.is_empty());
+    assert_eq!(
+        ready.replies,
+        vec![Reply {
+            id: TransferId::new("x").unwrap(),
+            result: Err(ProposeError::Invalid(Rejection::UnknownAccount {
+                account: 9,
+                accounts: 5
+            }))
+        }]
+    );
+    let ready = replica.step(Input::Propose(transfer("y", 2, 2, 5)));
+    assert_eq!(
+        ready.replies[0].result,
+        Err(ProposeError::Invalid(Rejection::SameAccount { account: 2 }))
+    );
+    let ready = replica.step(Input::Propose(transfer("z", 2, 3, 0)));
+    assert_eq!(
+        ready.replies[0].result,
+        Err(ProposeError::Invalid(Rejection::ZeroAmount))
+    );
+    assert_eq!(replica.pending().count(), 0);
+}
+
+#[test]
+fn a_retried_id_gets_the_first_outcome_and_a_reused_id_is_refused() {
+    let mut replica = leader(3);
+    let ballot = replica.election.ballot();
+    replica.step(Input::Propose(transfer("a", 1, 2, 5)));
+    receive(
+        &mut replica,
+        2,
+        Message::Accepted(Accepted { ballot, slot: 1 }),
+    );
+    let retry = replica.step(Input::Propose(transfer("a", 1, 2, 5)));
+    assert!(retry.writes.is_empty());
+    assert_eq!(
+        retry.replies[0].result,
+        Ok(Committed {
+            height: 1,
+            outcome: Outcome::Applied
+        })
+    );
+    let reuse = replica.step(Input::Propose(transfer("a", 1, 3, 7)));
+    assert!(matches!(
+        reuse.replies[0].result,
+        Err(ProposeError::IdConflict { amount: 5, .. })
+    ));
+    assert_eq!(replica.ledger().balances(), &[95, 105, 100]);
+}
+
+#[test]
+fn a_follower_forwards_to_the_leader_it_follows() {
+    let mut replica = fresh(2, 3);
+    // Two rounds of heartbeats in which node 3 reports itself quorum-connected with a high ballot.
+    replica.step(Input::Tick);
+    let reply = |round| HeartbeatReply {
+        round,
+        ballot: Ballot::new(4, 3),
+        quorum_connected: true,
+        leader: Some(Ballot::new(4, 3)),
+        decided: 0,
+    };
+    receive(&mut replica, 3, Message::HeartbeatReply(reply(1)));
+    replica.step(Input::Tick);
+    assert_eq!(replica.status().leader, Some(Ballot::new(4, 3)));
+    let ready = replica.step(Input::Propose(transfer("a", 2, 1, 5)));
+    assert_eq!(
+        ready.writes,
+        vec![Write::AddPending(transfer("a", 2, 1, 5))]
+    );
+    assert_eq!(
+        messages_to(&ready, 3),
+        vec![&Message::Forward(Forward {
+            transfers: vec![transfer("a", 2, 1, 5)],
+            hops: 0
+        })]
+    );
+}
+
+#[test]
+fn a_quorum_connected_node_takes_over_after_the_election_timeout() {
+    let mut replica = fresh(1, 3);
+    let timeout = replica.election.timeout();
+    let mut elected_at = None;
+    for tick in 1..=timeout + 2 {
+        let ready = replica.step(Input::Tick);
+        let round = replica.election.round();
+        // Node 2 answers every heartbeat, so node 1 is quorum-connected.
+        receive(
+            &mut replica,
+            2,
+            Message::HeartbeatReply(HeartbeatReply {
+                round,
+                ballot: Ballot::new(0, 2),
+                quorum_connected: false,
+                leader: None,
+                decided: 0,
+            }),
+        );
+        if ready
+            .events
+            .iter()
+            .any(|event| matches!(event, Event::ElectionStarted { .. }))
+        {
+            elected_at = Some(tick);
+            break;
+        }
+    }
+    let elected_at = elected_at.expect("an election within the timeout");
+    assert!(elected_at >= timeout, "no election before the timeout");
+    assert_eq!(replica.role(), RoleName::Candidate);
+    assert!(replica.promised().round >= 1);
+}
+
+#[test]
+fn a_node_that_hears_no_majority_never_starts_an_election() {
+    let mut replica = fresh(1, 5);
+    for _ in 0..100 {
+        let ready = replica.step(Input::Tick);
+        assert!(!ready
+            .events
+            .iter()
+            .any(|event| matches!(event, Event::ElectionStarted { .. })));
+    }
+    assert_eq!(replica.role(), RoleName::Follower);
+}
+
+#[test]
+fn a_higher_ballot_makes_a_leader_step_down_and_follow_it() {
+    let mut replica = leader(3);
+    let ballot = replica.election.ballot();
+    let ready = receive(
+        &mut replica,
+        3,
+        Message::Nack(Nack {
+            ballot,
+            promised: Ballot::new(9, 3),
+        }),
+    );
+    assert_eq!(replica.role(), RoleName::Follower);
+    assert!(ready
+        .events
+        .iter()
+        .any(|event| matches!(event, Event::SteppedDown { .. })));
+    assert_eq!(replica.status().leader, Some(Ballot::new(9, 3)));
+}
+
+#[test]
+fn fetched_blocks_that_do_not_link_are_refused() {
+    let mut source = Ledger::genesis(3, 100);
+    let good = source.apply(1, &[transfer("a", 1, 2, 5)]);
+    let mut bad = good.clone();
+    bad.prev_hash = Hash::ZERO;
+    let mut replica = fresh(2, 3);
+    let ready = replica.step(Input::Blocks {
+        from: 1,
+        blocks: vec![bad],
+    });
+    assert!(ready.writes.is_empty());
+    assert!(matches!(
+        ready.events[..],
+        [Event::ChainRejected { peer: 1, .. }]
+    ));
+    let ready = replica.step(Input::Blocks {
+        from: 1,
+        blocks: vec![good.clone()],
+    });
+    assert_eq!(ready.writes, vec![Write::AppendBlock(good)]);
+    assert_eq!(replica.ledger().height(), 1);
+}
+
+#[test]
+fn messages_from_outside_the_cluster_are_dropped() {
+    let mut replica = fresh(1, 3);
+    let prepare = Message::Prepare(Prepare {
+        ballot: Ballot::new(1, 2),
+        decided: 0,
+    });
+    for from in [0, 1, 4] {
+        let ready = receive(&mut replica, from, prepare.clone());
+        assert!(ready.writes.is_empty() && ready.messages.is_empty());
+        assert!(matches!(ready.events[..], [Event::MessageRejected { .. }]));
+    }
+    let impossible = Message::Prepare(Prepare {
+        ballot: Ballot::new(1, 7),
+        decided: 0,
+    });
+    let ready = receive(&mut replica, 2, impossible);
+    assert!(ready.writes.is_empty() && ready.messages.is_empty());
+    assert_eq!(replica.promised(), Ballot::ZERO);
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        round: 1,
+        decided: 0,
+    });
+    assert_eq!(receive(&mut replica, 2, heartbeat).messages.len(), 1);
+}
+
+#[test]
+fn a_restarted_acceptor_keeps_its_promise_and_votes() {
+    let mut storage = crate::storage::MemoryStorage::new();
+    storage
+        .write(&[Write::AppendBlock(Block::genesis(3, 100))])
+        .unwrap();
+    let mut replica = Replica::new(
+        Config::new(2, 3),
+        crate::storage::restore(&storage, 3, 100).unwrap(),
+        1,
+    )
+    .unwrap();
+    let ballot = Ballot::new(4, 1);
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Accept(Accept {
+            ballot,
+            slot: 1,
+            batch: batch(1, &[]),
+        }),
+    );
+    storage.write(&ready.writes).unwrap();
+    drop(replica);
+    let mut replica = Replica::new(
+        Config::new(2, 3),
+        crate::storage::restore(&storage, 3, 100).unwrap(),
+        2,
+    )
+    .unwrap();
+    assert_eq!(replica.promised(), ballot);
+    assert_eq!(replica.accepted()[&1].0, ballot);
+    let ready = receive(
+        &mut replica,
+        3,
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(4, 1),
+            decided: 0,
+        }),
+    );
+    assert!(
+        ready.writes.is_empty(),
+        "the same ballot is not a new promise"
+    );
+}

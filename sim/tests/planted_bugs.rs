@@ -1,0 +1,84 @@
+//! Proof that the checkers have teeth: each planted bug, alone, must make the simulator report a
+//! violation within a bounded number of seeds. A checker that never fails proves nothing.
+
+use benmo_paxos::{PlantedBug, PlantedBugs};
+use benmo_sim::run_seed;
+
+/// How many seeds a planted bug may survive before the test fails.
+const SEEDS_MAX: u64 = 100;
+
+/// Runs seeds until one reports a violation; returns the seed and the checker that caught it.
+fn first_violation(bug: PlantedBug, nodes: u32) -> Option<(u64, &'static str)> {
+    (0..SEEDS_MAX).find_map(|seed| {
+        let report = run_seed(seed, nodes, PlantedBugs::only(bug), false);
+        report
+            .result
+            .err()
+            .map(|violation| (seed, violation.checker))
+    })
+}
+
+fn assert_found(bug: PlantedBug, expected_checkers: &[&str]) {
+    std::panic::set_hook(Box::new(|_| {}));
+    let found = first_violation(bug, 5);
+    let _ = std::panic::take_hook();
+    let Some((seed, checker)) = found else {
+        panic!("planted bug {} survived {SEEDS_MAX} seeds", bug.name());
+    };
+    println!("{}: found at seed {seed} by {checker}", bug.name());
+    assert!(
+        expected_checkers.contains(&checker),
+        "{} was caught by {checker}, expected one of {expected_checkers:?}",
+        bug.name()
+    );
+}
+
+#[test]
+fn replying_before_the_write_is_durable_is_caught() {
+    assert_found(
+        PlantedBug::ReplyBeforePersist,
+        &["promises-kept", "votes-kept", "agreement", "core-assertion"],
+    );
+}
+
+#[test]
+fn forgetting_the_promise_on_restart_is_caught() {
+    assert_found(
+        PlantedBug::ForgetPromiseOnRestart,
+        &["promises-kept", "votes-kept", "storage"],
+    );
+}
+
+#[test]
+fn a_leader_ignoring_promised_values_is_caught() {
+    assert_found(
+        PlantedBug::IgnorePromisedValues,
+        &["agreement", "core-assertion", "acknowledged-transfers"],
+    );
+}
+
+#[test]
+fn ballots_compared_without_node_id_are_caught() {
+    assert_found(
+        PlantedBug::BallotWithoutNodeId,
+        &[
+            "agreement",
+            "votes-kept",
+            "core-assertion",
+            "acknowledged-transfers",
+        ],
+    );
+}
+
+#[test]
+fn applying_a_transfer_twice_is_caught() {
+    assert_found(PlantedBug::SkipDeduplication, &["validity"]);
+}
+
+#[test]
+fn a_negative_balance_is_caught() {
+    assert_found(
+        PlantedBug::SkipFundsCheck,
+        &["no-negative-balance", "conservation"],
+    );
+}
