@@ -1,1 +1,26 @@
-fn main() {}
+//! `benmo-node`: see `benmo-node --help`.
+
+use std::io::IsTerminal;
+
+use anyhow::Result;
+use benmo_node::options::Options;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> Result<()> {
+    let options = Options::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let settings = options.settings()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("benmo-io")
+        .build()?;
+    runtime.block_on(benmo_node::service::serve(settings))
+}

@@ -76,7 +76,7 @@ fn main() -> Result<()> {
         } else {
             arguments.seeds
         };
-        return run_scenario(shape, first, count, arguments.nodes);
+        return run_scenario(shape, first, count, arguments.nodes, arguments.trace);
     }
     if let Some(seed) = arguments.seed {
         let report = run_seed(seed, arguments.nodes, planted_bugs, arguments.trace);
@@ -171,11 +171,11 @@ fn print_report(report: &SeedReport, nodes: u32, planted: Option<PlantedBug>) {
     }
 }
 
-fn run_scenario(shape: Shape, first: u64, count: u64, nodes: u32) -> Result<()> {
+fn run_scenario(shape: Shape, first: u64, count: u64, nodes: u32, trace: bool) -> Result<()> {
     let mut recoveries = Vec::new();
     let mut failed = Vec::new();
     for seed in first..first.saturating_add(count) {
-        match scenarios::run(seed, nodes, shape) {
+        match scenarios::run(seed, nodes, shape, trace) {
             Ok(recovery) => recoveries.push(recovery.recovery_ms),
             Err(violation) => {
                 println!(

@@ -74,7 +74,7 @@ const RECOVERY_LIMIT_MS: Millis = 30_000;
 /// right after the cut is decided. Every invariant is checked throughout.
 ///
 /// Panics if the shape does not apply to the cluster size (see [`Shape::applies_to`]).
-pub fn run(seed: u64, nodes: u32, shape: Shape) -> Result<Recovery, Violation> {
+pub fn run(seed: u64, nodes: u32, shape: Shape, trace: bool) -> Result<Recovery, Violation> {
     assert!(
         shape.applies_to(nodes),
         "{} does not apply to {nodes} nodes",
@@ -84,7 +84,7 @@ pub fn run(seed: u64, nodes: u32, shape: Shape) -> Result<Recovery, Violation> {
         seed,
         nodes,
         planted_bugs: PlantedBugs::default(),
-        trace: false,
+        trace,
         vary_config: false,
     };
     let mut world = World::new(options);

@@ -12,7 +12,7 @@ fn assert_recovers(shape: Shape, nodes: u32) {
     let bound_ms = ELECTION_TIMEOUTS_MAX * election_timeout_ms_max();
     let mut slowest = 0;
     for seed in 0..SEEDS {
-        let recovery = run(seed, nodes, shape)
+        let recovery = run(seed, nodes, shape, false)
             .unwrap_or_else(|violation| panic!("{} seed {seed}: {violation:?}", shape.name()));
         assert!(
             recovery.recovery_ms <= bound_ms,

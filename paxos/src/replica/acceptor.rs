@@ -72,13 +72,19 @@ impl Replica {
 
     /// Promises `ballot` if it is above the current promise; a candidate or leader with a lower
     /// ballot steps down, as its own acceptor now refuses it.
+    ///
+    /// A new promise also counts as sight of a live candidate: like granting a vote in Raft, it
+    /// restarts the election timer, so nodes that lost the same leader at the same moment do not
+    /// outbid the first candidate before it can finish Phase 1.
     fn raise_promise(&mut self, ballot: Ballot) {
         if self.promised < ballot {
             self.promised = ballot;
             self.write_acceptor_state(Write::Promise(ballot));
-        }
-        if self.role_ballot().is_some_and(|own| own < ballot) {
-            self.step_down(Some(ballot));
+            if self.role_ballot().is_some_and(|own| own < ballot) {
+                self.step_down(Some(ballot));
+            } else {
+                self.follow_ballot(ballot);
+            }
         }
     }
 

@@ -74,14 +74,26 @@ impl Replica {
             self.reject(_from, &Message::Forward(forward), "too many transfers");
             return;
         }
-        if matches!(self.role, Role::Leader(_)) {
-            for transfer in forward.transfers {
-                if self.ledger.check_shape(&transfer).is_ok() {
-                    self.enqueue(transfer);
+        let queue_max = self.config.queue_transfers_max;
+        match &mut self.role {
+            Role::Leader(_) => {
+                for transfer in forward.transfers {
+                    if self.ledger.check_shape(&transfer).is_ok() {
+                        self.enqueue(transfer);
+                    }
                 }
+                self.propose_from_queue();
+                return;
             }
-            self.propose_from_queue();
-            return;
+            Role::Candidate(candidate) => {
+                // Followers already count on this node to lead; keep their transfers for then.
+                let room = queue_max.saturating_sub(candidate.forwarded.len());
+                candidate
+                    .forwarded
+                    .extend(forward.transfers.into_iter().take(room));
+                return;
+            }
+            Role::Follower => {}
         }
         if forward.hops >= FORWARD_HOPS_MAX {
             return;

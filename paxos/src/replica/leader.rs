@@ -45,7 +45,11 @@ impl Replica {
         };
         let mut promises = BTreeMap::new();
         promises.insert(self.config.id, own);
-        self.role = Role::Candidate(Candidate { ballot, promises });
+        self.role = Role::Candidate(Candidate {
+            ballot,
+            promises,
+            forwarded: Vec::new(),
+        });
         self.ready.events.push(Event::ElectionStarted { ballot });
         self.broadcast(Message::Prepare(Prepare {
             ballot,
@@ -113,6 +117,7 @@ impl Replica {
             return;
         }
         let ballot = candidate.ballot;
+        let forwarded = candidate.forwarded.clone();
         let mut values: BTreeMap<Height, (Ballot, Batch)> = BTreeMap::new();
         if !self
             .config
@@ -156,7 +161,7 @@ impl Replica {
             reproposed: (top_slot - height) as usize,
         });
         let own: Vec<Transfer> = self.pending().cloned().collect();
-        for transfer in own {
+        for transfer in own.into_iter().chain(forwarded) {
             self.enqueue(transfer);
         }
         self.propose_from_queue();

@@ -258,6 +258,8 @@ struct Proposal {
 struct Candidate {
     ballot: Ballot,
     promises: BTreeMap<NodeId, crate::message::Promise>,
+    /// Transfers forwarded to this node while it runs Phase 1, proposed once it leads.
+    forwarded: Vec<Transfer>,
 }
 
 /// Phase 2: this node leads with `ballot`.

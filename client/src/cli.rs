@@ -1,0 +1,213 @@
+//! The commands and their flags.
+
+use std::path::PathBuf;
+
+use benmo::cluster::{Cluster, DEFAULT_CLUSTER};
+use benmo_paxos::NodeId;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Transfers, reads and faults for a Benmo cluster.
+///
+/// With no --cluster, benmoctl talks to the five nodes `docker compose up` (or `benmoctl local
+/// up`) publishes on 127.0.0.1:50051..50055.
+#[derive(Parser, Debug)]
+#[command(name = "benmoctl", version)]
+pub struct Cli {
+    /// Every node with its gRPC address: 1=http://host:port,2=...
+    #[arg(long, env = "BENMO_CLUSTER", default_value = DEFAULT_CLUSTER, global = true)]
+    pub cluster: Cluster,
+
+    /// Ask this node (default: the first that answers).
+    #[arg(long, global = true)]
+    pub node: Option<NodeId>,
+
+    /// How results are printed.
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+
+    /// How long one call to a node may take, in ms.
+    #[arg(long, default_value_t = 3_000, global = true, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub rpc_timeout_ms: u64,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Tables for people.
+    Table,
+    /// JSON for scripts (stable field names).
+    Json,
+}
+
+/// What benmoctl can do.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Move money: waits for the commit and prints the block.
+    Transfer(TransferArgs),
+    /// One line per node: up or down, role, leader, ballot, height, head, pending, cut links.
+    Status,
+    /// Balances at a node's head.
+    Balances,
+    /// Blocks of a node's chain.
+    Chain(ChainArgs),
+    /// Pending transfers: taken by a node, not yet in a block.
+    Log,
+    /// Fetch every reachable node's chain and check it: hash links, agreement, conservation.
+    Verify,
+    /// Kill a node at once, as kill -9 would.
+    Crash {
+        /// The node.
+        node: NodeId,
+    },
+    /// Cut the link between two nodes (both directions unless --one-way).
+    Sever {
+        /// One end.
+        a: NodeId,
+        /// The other end.
+        b: NodeId,
+        /// Cut only what A sends to B.
+        #[arg(long)]
+        one_way: bool,
+    },
+    /// Restore the link between two nodes, or every link with --all.
+    Heal(HealArgs),
+    /// Cut every link between groups, and heal every link within them: `partition 1,2 3,4,5`.
+    Partition {
+        /// Two or more comma-separated groups of node ids.
+        #[arg(required = true, num_args = 2..)]
+        groups: Vec<String>,
+    },
+    /// Load the cluster with concurrent clients; prints throughput and latency percentiles.
+    Bench(BenchArgs),
+    /// Run a cluster of local processes on 127.0.0.1 (no Docker needed).
+    #[command(subcommand)]
+    Local(LocalCommand),
+}
+
+/// `transfer`'s flags.
+#[derive(Args, Debug)]
+pub struct TransferArgs {
+    /// The account debited.
+    #[arg(long)]
+    pub from: NodeId,
+    /// The account credited.
+    #[arg(long)]
+    pub to: NodeId,
+    /// How much; a positive whole number.
+    #[arg(long, value_parser = parse_amount, allow_negative_numbers = true)]
+    pub amount: u64,
+    /// The transfer id; reuse one to retry safely (default: a random id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// How long to wait for the commit, in ms.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub timeout_ms: u64,
+}
+
+/// `chain`'s flags.
+#[derive(Args, Debug)]
+pub struct ChainArgs {
+    /// The first height (default 0, the genesis).
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// The last height (default: the head).
+    #[arg(long)]
+    pub to: Option<u64>,
+}
+
+/// `heal`'s arguments: two nodes, or --all.
+#[derive(Args, Debug)]
+pub struct HealArgs {
+    /// The two ends of the link.
+    #[arg(num_args = 0..=2, required_unless_present = "all", conflicts_with = "all")]
+    pub nodes: Vec<NodeId>,
+    /// Heal every link of every node.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `bench`'s flags.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Concurrent clients, each with one transfer in flight.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub clients: u64,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub duration_s: u64,
+    /// The amount of every transfer.
+    #[arg(long, default_value_t = 1, value_parser = parse_amount, allow_negative_numbers = true)]
+    pub amount: u64,
+}
+
+/// `local`'s subcommands.
+#[derive(Subcommand, Debug)]
+pub enum LocalCommand {
+    /// Start every node as a background process, with data and logs under --dir.
+    Up(LocalArgs),
+    /// Start one node again (after `benmoctl crash`).
+    Start {
+        /// The node.
+        node: NodeId,
+        /// Where the local cluster lives.
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+    /// Stop every node of the local cluster.
+    Down {
+        /// Also delete the data, as `docker compose down -v` does.
+        #[arg(long)]
+        purge: bool,
+        /// Where the local cluster lives.
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+}
+
+/// Where and how the local cluster runs.
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// The folder for data, logs and process ids.
+    #[arg(long, default_value = "benmo-local")]
+    pub dir: PathBuf,
+    /// The benmo-node binary (default: next to benmoctl, then on PATH).
+    #[arg(long)]
+    pub node_binary: Option<PathBuf>,
+}
+
+/// Parses an amount: a whole number from 1 to 2^64 - 1, with a message that says which rule broke.
+pub fn parse_amount(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("amounts are positive; {text} is negative"));
+    }
+    match text.parse::<u64>() {
+        Ok(0) => Err("amounts are positive; 0 moves nothing".to_string()),
+        Ok(amount) => Ok(amount),
+        Err(_) if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) => Err(
+            format!("{text} is larger than the largest amount, {}", u64::MAX),
+        ),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_must_be_positive_whole_numbers() {
+        assert_eq!(parse_amount("20"), Ok(20));
+        assert!(parse_amount("0").unwrap_err().contains("positive"));
+        assert!(parse_amount("-5").unwrap_err().contains("negative"));
+        assert!(parse_amount("18446744073709551616")
+            .unwrap_err()
+            .contains("larger"));
+        assert!(parse_amount("2.5").unwrap_err().contains("whole number"));
+        assert!(parse_amount("").unwrap_err().contains("whole number"));
+    }
+}

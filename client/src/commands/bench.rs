@@ -1,0 +1,173 @@
+//! `benmoctl bench`: concurrent clients, each with one transfer in flight, for a fixed time.
+//! Reports committed transfers per second and commit latency percentiles; transfers the ledger
+//! rejected (insufficient funds) are counted apart from errors.
+
+use std::time::{Duration, Instant};
+
+use benmo::proto;
+use benmo::proto::transfer_reply::Result as Reply;
+use benmo_paxos::{NodeId, Outcome};
+use rand::{Rng, RngCore};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::Context;
+use crate::cli::{BenchArgs, Format};
+use crate::connect::Nodes;
+use crate::render;
+use crate::{exit, Terminal};
+
+/// How long one bench transfer may wait for its commit.
+const TRANSFER_TIMEOUT_MS: u32 = 10_000;
+/// How long a client waits after an error before its next transfer.
+const ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    rejected: u64,
+    pending: u64,
+    errors: u64,
+}
+
+async fn client(
+    nodes: Nodes,
+    node: NodeId,
+    accounts: u32,
+    amount: u64,
+    prefix: String,
+    deadline: Instant,
+) -> Tally {
+    let mut tally = Tally::default();
+    let Ok(mut ledger) = nodes.ledger_with_timeout(node, Duration::from_secs(15)) else {
+        tally.errors += 1;
+        return tally;
+    };
+    let mut sequence = 0u64;
+    while Instant::now() < deadline {
+        sequence += 1;
+        let (from, to) = {
+            let mut rng = rand::rng();
+            let from = rng.random_range(1..=accounts);
+            let mut to = rng.random_range(1..accounts);
+            if to >= from {
+                to += 1;
+            }
+            (from, to)
+        };
+        let request = proto::TransferRequest {
+            transfer: Some(proto::Transfer {
+                id: format!("{prefix}-{sequence}"),
+                from,
+                to,
+                amount,
+            }),
+            timeout_ms: TRANSFER_TIMEOUT_MS,
+        };
+        let started = Instant::now();
+        match ledger
+            .transfer(request)
+            .await
+            .map(|response| response.into_inner().result)
+        {
+            Ok(Some(Reply::Committed(committed))) => {
+                let applied = matches!(
+                    committed.outcome.map(Outcome::try_from),
+                    Some(Ok(Outcome::Applied))
+                );
+                if applied {
+                    tally
+                        .latencies_us
+                        .push(started.elapsed().as_micros() as u64);
+                } else {
+                    tally.rejected += 1;
+                }
+            }
+            Ok(Some(Reply::Pending(_))) => tally.pending += 1,
+            Ok(None) | Err(_) => {
+                tally.errors += 1;
+                tokio::time::sleep(ERROR_BACKOFF).await;
+            }
+        }
+    }
+    tally
+}
+
+fn percentile(sorted: &[u64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() - 1) as f64 * quantile).round() as usize;
+    sorted[index] as f64 / 1_000.0
+}
+
+pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Terminal<'_>) -> i32 {
+    let accounts = context.nodes.cluster().size();
+    if accounts < 2 {
+        let _ = writeln!(terminal.err, "error: a bench needs at least two accounts");
+        return exit::USAGE;
+    }
+    let targets = context.candidates();
+    let run = format!("bench-{:08x}", rand::rng().next_u32());
+    let duration = Duration::from_secs(arguments.duration_s);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = JoinSet::new();
+    for index in 0..arguments.clients {
+        let node = targets[index as usize % targets.len()];
+        tasks.spawn(client(
+            context.nodes.clone(),
+            node,
+            accounts,
+            arguments.amount,
+            format!("{run}-{index}"),
+            deadline,
+        ));
+    }
+    let mut total = Tally::default();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(tally) = joined {
+            total.latencies_us.extend(tally.latencies_us);
+            total.rejected += tally.rejected;
+            total.pending += tally.pending;
+            total.errors += tally.errors;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    total.latencies_us.sort_unstable();
+    let committed = total.latencies_us.len() as u64;
+    let throughput = committed as f64 / elapsed;
+    let (p50, p99, max) = (
+        percentile(&total.latencies_us, 0.5),
+        percentile(&total.latencies_us, 0.99),
+        percentile(&total.latencies_us, 1.0),
+    );
+    if context.format == Format::Json {
+        let _ = render::json(
+            terminal.out,
+            &json!({
+                "clients": arguments.clients,
+                "duration_s": elapsed,
+                "committed": committed,
+                "rejected": total.rejected,
+                "pending": total.pending,
+                "errors": total.errors,
+                "throughput_per_s": throughput,
+                "latency_ms_p50": p50,
+                "latency_ms_p99": p99,
+                "latency_ms_max": max,
+            }),
+        );
+    } else {
+        let _ = writeln!(
+            terminal.out,
+            "{} clients for {elapsed:.1} s: {committed} committed ({throughput:.0}/s), {} rejected by the ledger, {} errors, {} not committed in time\nlatency: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+            arguments.clients, total.rejected, total.errors, total.pending
+        );
+    }
+    if committed == 0 {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
+}

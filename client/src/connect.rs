@@ -1,0 +1,143 @@
+//! One gRPC client per node, created lazily, and plain words for a node that does not answer.
+
+use std::time::Duration;
+
+use benmo::cluster::Cluster;
+use benmo::proto::fault_service_client::FaultServiceClient;
+use benmo::proto::ledger_service_client::LedgerServiceClient;
+use benmo_paxos::NodeId;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// How long connecting to a node may take before it counts as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// The cluster as benmoctl reaches it.
+#[derive(Clone)]
+pub struct Nodes {
+    cluster: Cluster,
+    rpc_timeout: Duration,
+}
+
+/// A node that could not be asked, or refused the request.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CallError {
+    /// The node is down or cut off from this client.
+    #[error("node {node} is unreachable at {address}: {reason}")]
+    Unreachable {
+        /// The node.
+        node: NodeId,
+        /// Its address.
+        address: String,
+        /// What the transport said.
+        reason: String,
+    },
+    /// The node answered with an error.
+    #[error("node {node}: {message}")]
+    Refused {
+        /// The node.
+        node: NodeId,
+        /// The gRPC status code.
+        code: Code,
+        /// The node's explanation.
+        message: String,
+    },
+}
+
+impl CallError {
+    /// Whether the node could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, CallError::Unreachable { .. })
+    }
+}
+
+impl Nodes {
+    /// The cluster with a per-call timeout.
+    pub fn new(cluster: Cluster, rpc_timeout: Duration) -> Nodes {
+        Nodes {
+            cluster,
+            rpc_timeout,
+        }
+    }
+
+    /// The cluster list.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Every node id.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.cluster.ids().collect()
+    }
+
+    fn channel(&self, node: NodeId, timeout: Duration) -> Result<Channel, CallError> {
+        let address = self.address(node);
+        let endpoint =
+            Endpoint::from_shared(address.clone()).map_err(|error| CallError::Unreachable {
+                node,
+                address: address.clone(),
+                reason: error.to_string(),
+            })?;
+        Ok(endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy())
+    }
+
+    /// The address of `node` (empty if it is not in the cluster).
+    pub fn address(&self, node: NodeId) -> String {
+        self.cluster.address(node).unwrap_or_default().to_string()
+    }
+
+    /// A ledger client for `node` whose calls may take up to `timeout`.
+    pub fn ledger_with_timeout(
+        &self,
+        node: NodeId,
+        timeout: Duration,
+    ) -> Result<LedgerServiceClient<Channel>, CallError> {
+        Ok(LedgerServiceClient::new(self.channel(node, timeout)?))
+    }
+
+    /// A ledger client for `node`.
+    pub fn ledger(&self, node: NodeId) -> Result<LedgerServiceClient<Channel>, CallError> {
+        self.ledger_with_timeout(node, self.rpc_timeout)
+    }
+
+    /// A fault client for `node`.
+    pub fn faults(&self, node: NodeId) -> Result<FaultServiceClient<Channel>, CallError> {
+        Ok(FaultServiceClient::new(
+            self.channel(node, self.rpc_timeout)?,
+        ))
+    }
+
+    /// Turns a failed call into words: unreachable, or what the node said.
+    pub fn error(&self, node: NodeId, status: Status) -> CallError {
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+                if !status.message().contains("severed") =>
+            {
+                let reason = match status.message() {
+                    "" => format!("{:?}", status.code()),
+                    message
+                        if message.contains("transport error")
+                            || message.contains("tcp connect") =>
+                    {
+                        "connection refused or timed out (is it running?)".to_string()
+                    }
+                    message => message.to_string(),
+                };
+                CallError::Unreachable {
+                    node,
+                    address: self.address(node),
+                    reason,
+                }
+            }
+            code => CallError::Refused {
+                node,
+                code,
+                message: status.message().to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `benmo-node`'s flags. Every flag has an environment equivalent (`BENMO_*`), which is how the
+//! compose file configures the containers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use benmo::cluster::{Cluster, DEFAULT_CLUSTER};
+use benmo_paxos::{Config, NodeId};
+use clap::Parser;
+
+/// A Benmo node: one replica of the Multi-Paxos ledger, serving gRPC.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "benmo-node", version, about)]
+pub struct Options {
+    /// This node's id, in 1..=N.
+    #[arg(long, env = "BENMO_ID")]
+    pub id: NodeId,
+
+    /// Every node of the cluster with its gRPC address: 1=http://host:port,2=...
+    #[arg(long, env = "BENMO_CLUSTER", default_value = DEFAULT_CLUSTER)]
+    pub cluster: Cluster,
+
+    /// Address to serve gRPC on (default: all interfaces, on the port this node has in --cluster).
+    #[arg(long, env = "BENMO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Where the node keeps its sled database (default: ./benmo-data/node-<id>).
+    #[arg(long, env = "BENMO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Every account's balance at the genesis block.
+    #[arg(long, env = "BENMO_GENESIS_BALANCE", default_value_t = 100)]
+    pub genesis_balance: u64,
+
+    /// Heartbeat interval: one tick of the consensus core.
+    #[arg(long, env = "BENMO_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+
+    /// Shortest election timeout; each timeout is drawn at random between min and max.
+    #[arg(long, env = "BENMO_ELECTION_TIMEOUT_MIN_MS", default_value_t = 200)]
+    pub election_timeout_min_ms: u64,
+
+    /// Longest election timeout.
+    #[arg(long, env = "BENMO_ELECTION_TIMEOUT_MAX_MS", default_value_t = 400)]
+    pub election_timeout_max_ms: u64,
+
+    /// The most transfers in one block.
+    #[arg(long, env = "BENMO_BATCH_MAX", default_value_t = 1024)]
+    pub batch_max: usize,
+
+    /// The most slots a leader keeps in flight.
+    #[arg(long, env = "BENMO_IN_FLIGHT_MAX", default_value_t = 8)]
+    pub in_flight_max: usize,
+
+    /// The most transfers this node keeps pending before it tells clients to retry.
+    #[arg(long, env = "BENMO_PENDING_MAX", default_value_t = 100_000)]
+    pub pending_max: usize,
+
+    /// How long a Transfer call waits for its commit when the client sets no timeout.
+    #[arg(long, env = "BENMO_TRANSFER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub transfer_timeout_ms: u64,
+}
+
+/// Everything the node needs to run, checked.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The core's configuration.
+    pub core: Config,
+    /// The cluster's members.
+    pub cluster: Cluster,
+    /// Where to serve.
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// One tick.
+    pub heartbeat: Duration,
+    /// The default wait of a Transfer call.
+    pub transfer_timeout: Duration,
+}
+
+/// The shortest heartbeat interval accepted.
+pub const HEARTBEAT_MS_MIN: u64 = 5;
+/// The longest heartbeat interval accepted.
+pub const HEARTBEAT_MS_MAX: u64 = 10_000;
+
+impl Options {
+    /// Checks the flags and turns them into settings.
+    pub fn settings(&self) -> Result<Settings> {
+        let nodes = self.cluster.size();
+        let Some(own_address) = self.cluster.address(self.id) else {
+            bail!("--id {} is not in --cluster (ids are 1..={nodes})", self.id);
+        };
+        if !(HEARTBEAT_MS_MIN..=HEARTBEAT_MS_MAX).contains(&self.heartbeat_ms) {
+            bail!(
+                "--heartbeat-ms must be between {HEARTBEAT_MS_MIN} and {HEARTBEAT_MS_MAX} (got {})",
+                self.heartbeat_ms
+            );
+        }
+        if self.election_timeout_min_ms > self.election_timeout_max_ms {
+            bail!(
+                "--election-timeout-min-ms ({}) is above --election-timeout-max-ms ({})",
+                self.election_timeout_min_ms,
+                self.election_timeout_max_ms
+            );
+        }
+        let ticks = |ms: u64| ms.div_ceil(self.heartbeat_ms);
+        let mut core = Config::new(self.id, nodes);
+        core.genesis_balance = self.genesis_balance;
+        core.election_timeout_ticks_min = ticks(self.election_timeout_min_ms);
+        core.election_timeout_ticks_max = ticks(self.election_timeout_max_ms);
+        core.batch_transfers_max = self.batch_max;
+        core.in_flight_slots_max = self.in_flight_max;
+        core.pending_transfers_max = self.pending_max;
+        core.validate().with_context(|| {
+            format!(
+                "invalid settings (election timeouts are counted in heartbeats of {} ms, and must span at least 2)",
+                self.heartbeat_ms
+            )
+        })?;
+        let listen = match self.listen {
+            Some(listen) => listen,
+            None => {
+                let port = own_address
+                    .rsplit(':')
+                    .next()
+                    .and_then(|port| port.trim_end_matches('/').parse::<u16>().ok())
+                    .with_context(|| {
+                        format!("cannot find a port in {own_address:?}; pass --listen")
+                    })?;
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+        };
+        Ok(Settings {
+            core,
+            cluster: self.cluster.clone(),
+            listen,
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("benmo-data/node-{}", self.id))),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            transfer_timeout: Duration::from_millis(self.transfer_timeout_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Result<Settings> {
+        let mut all = vec!["benmo-node"];
+        all.extend_from_slice(arguments);
+        Options::try_parse_from(all)?.settings()
+    }
+
+    #[test]
+    fn defaults_follow_the_cluster_list() {
+        let settings = parse(&["--id", "3"]).unwrap();
+        assert_eq!(settings.listen, "0.0.0.0:50053".parse().unwrap());
+        assert_eq!(settings.core.nodes, 5);
+        assert_eq!(settings.core.election_timeout_ticks_min, 4);
+        assert_eq!(settings.core.election_timeout_ticks_max, 8);
+        assert_eq!(settings.data_dir, PathBuf::from("benmo-data/node-3"));
+    }
+
+    #[test]
+    fn bad_flags_are_explained() {
+        let message = |arguments: &[&str]| parse(arguments).unwrap_err().to_string();
+        assert!(message(&["--id", "6"]).contains("not in --cluster"));
+        assert!(message(&["--id", "1", "--heartbeat-ms", "0"]).contains("--heartbeat-ms"));
+        assert!(message(&[
+            "--id",
+            "1",
+            "--election-timeout-min-ms",
+            "500",
+            "--election-timeout-max-ms",
+            "100"
+        ])
+        .contains("is above"));
+        assert!(format!(
+            "{:#}",
+            parse(&["--id", "1", "--batch-max", "0"]).unwrap_err()
+        )
+        .contains("batch_transfers_max"));
+        assert!(message(&["--id", "1", "--cluster", "1=nowhere"]).contains("http://"));
+    }
+}

@@ -1,0 +1,604 @@
+//! The gRPC services and the server: PeerService for other nodes, LedgerService for clients,
+//! FaultService for fault injection, plus gRPC health and server reflection.
+//!
+//! Handlers are thin: they check and convert requests at the edge and hand them to the core loop.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use benmo::convert::{self, ConvertError};
+use benmo::proto;
+use benmo::proto::fault_service_server::{FaultService, FaultServiceServer};
+use benmo::proto::ledger_service_server::{LedgerService, LedgerServiceServer};
+use benmo::proto::peer_service_server::{PeerService, PeerServiceServer};
+use benmo_paxos::{restore, Hash, Message, NodeId, ProposeError, Replica, RoleName, Transfer};
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::core_loop::{self, Command, CoreHandle, CoreLoop, ReplyKind, TransferResult};
+use crate::links::{Direction, Links};
+use crate::options::Settings;
+use crate::storage::{ChainReader, Identity, SledStorage};
+use crate::transport::{Transport, CATCH_UP_BLOCKS_MAX};
+
+/// How long a peer RPC waits for the core loop's answer.
+const PEER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest wait a client may ask a Transfer call for.
+const TRANSFER_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// Blocks read from disk at a time when streaming a chain.
+const CHAIN_CHUNK_BLOCKS: usize = 256;
+
+type BlockStream = Pin<Box<dyn Stream<Item = Result<proto::Block, Status>> + Send>>;
+
+/// What every handler shares.
+#[derive(Clone)]
+struct Node {
+    id: NodeId,
+    nodes: u32,
+    genesis_hash: Hash,
+    core: CoreHandle,
+    chain: ChainReader,
+    links: Arc<Links>,
+    started: Instant,
+    transfer_timeout: Duration,
+}
+
+fn invalid(error: ConvertError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn overloaded() -> Status {
+    Status::resource_exhausted("the node is overloaded; retry shortly")
+}
+
+async fn answer<T>(receiver: oneshot::Receiver<T>) -> Result<T, Status> {
+    receiver
+        .await
+        .map_err(|_| Status::unavailable("the node is shutting down"))
+}
+
+impl Node {
+    /// Admits a peer request: a node of this cluster, not this node, on a link that is not cut.
+    fn admit(&self, caller: Result<convert::Caller, ConvertError>) -> Result<NodeId, Status> {
+        let caller = caller.map_err(invalid)?;
+        if caller.node == 0 || caller.node > self.nodes || caller.node == self.id {
+            return Err(Status::permission_denied(format!(
+                "node {} is not a peer of node {} (cluster of {})",
+                caller.node, self.id, self.nodes
+            )));
+        }
+        if caller.genesis_hash != self.genesis_hash {
+            return Err(Status::failed_precondition(format!(
+                "node {} belongs to another cluster (genesis {}, here {})",
+                caller.node, caller.genesis_hash, self.genesis_hash
+            )));
+        }
+        if !self.links.takes_from(caller.node) {
+            return Err(Status::unavailable(format!(
+                "the link from node {} to node {} is severed",
+                caller.node, self.id
+            )));
+        }
+        Ok(caller.node)
+    }
+
+    /// Hands a peer message to the core and waits for its answer (released once durable).
+    async fn exchange(
+        &self,
+        from: NodeId,
+        message: Message,
+        kind: ReplyKind,
+    ) -> Result<Option<Message>, Status> {
+        let (sender, receiver) = oneshot::channel();
+        self.core
+            .send(Command::Peer {
+                from,
+                message,
+                reply: Some((kind, sender)),
+            })
+            .map_err(|_| overloaded())?;
+        let answer = tokio::time::timeout(PEER_REPLY_TIMEOUT, receiver)
+            .await
+            .map_err(|_| Status::deadline_exceeded("the core did not answer in time"))?
+            .map_err(|_| Status::unavailable("the node is shutting down"))?;
+        if !self.links.sends_to(from) {
+            return Err(Status::unavailable(format!(
+                "the link from node {} to node {from} is severed",
+                self.id
+            )));
+        }
+        Ok(answer)
+    }
+
+    /// Hands a peer message that needs no answer to the core.
+    fn deliver(&self, from: NodeId, message: Message) -> Result<(), Status> {
+        self.core
+            .send(Command::Peer {
+                from,
+                message,
+                reply: None,
+            })
+            .map_err(|_| overloaded())
+    }
+
+    /// Streams blocks `from..=to` (to the head if `to` is None) from disk.
+    fn stream_chain(&self, from: u64, to: Option<u64>, limit: Option<u64>) -> BlockStream {
+        let (sender, receiver) = mpsc::channel(16);
+        let chain = self.chain.clone();
+        tokio::spawn(async move {
+            let mut next = from;
+            let mut sent = 0u64;
+            loop {
+                let remaining = limit.map_or(u64::MAX, |limit| limit - sent);
+                let until = to.map_or(u64::MAX, |to| to.saturating_sub(next).saturating_add(1));
+                let count = (CHAIN_CHUNK_BLOCKS as u64).min(remaining).min(until) as usize;
+                if count == 0 {
+                    return;
+                }
+                let blocks = match chain.blocks(next, count) {
+                    Ok(blocks) => blocks,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::internal(error.to_string()))).await;
+                        return;
+                    }
+                };
+                if blocks.is_empty() {
+                    return;
+                }
+                for block in &blocks {
+                    if sender.send(Ok(proto::Block::from(block))).await.is_err() {
+                        return;
+                    }
+                }
+                next += blocks.len() as u64;
+                sent += blocks.len() as u64;
+                if blocks.len() < count {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(receiver))
+    }
+}
+
+#[tonic::async_trait]
+impl PeerService for Node {
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatReply>, Status> {
+        let (caller, message) = split(convert::from_heartbeat(request.into_inner()));
+        let from = self.admit(caller)?;
+        let answer = self
+            .exchange(from, message.map_err(invalid)?, ReplyKind::Heartbeat)
+            .await?;
+        match answer {
+            Some(Message::HeartbeatReply(reply)) => {
+                Ok(Response::new(convert::heartbeat_reply(&reply)))
+            }
+            _ => Err(Status::internal("the core did not answer the heartbeat")),
+        }
+    }
+
+    async fn prepare(
+        &self,
+        request: Request<proto::PrepareRequest>,
+    ) -> Result<Response<proto::PrepareReply>, Status> {
+        let (caller, message) = split(convert::from_prepare(request.into_inner()));
+        let from = self.admit(caller)?;
+        let answer = self
+            .exchange(from, message.map_err(invalid)?, ReplyKind::Prepare)
+            .await?;
+        Ok(Response::new(convert::prepare_reply(answer.as_ref())))
+    }
+
+    async fn accept(
+        &self,
+        request: Request<proto::AcceptRequest>,
+    ) -> Result<Response<proto::AcceptReply>, Status> {
+        let (caller, message) = split(convert::from_accept(request.into_inner()));
+        let from = self.admit(caller)?;
+        let answer = self
+            .exchange(from, message.map_err(invalid)?, ReplyKind::Accept)
+            .await?;
+        Ok(Response::new(convert::accept_reply(answer.as_ref())))
+    }
+
+    async fn decide(
+        &self,
+        request: Request<proto::DecideRequest>,
+    ) -> Result<Response<proto::DecideReply>, Status> {
+        let (caller, message) = split(convert::from_decide(request.into_inner()));
+        let from = self.admit(caller)?;
+        self.deliver(from, message.map_err(invalid)?)?;
+        Ok(Response::new(proto::DecideReply {}))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<proto::ForwardRequest>,
+    ) -> Result<Response<proto::ForwardReply>, Status> {
+        let (caller, message) = split(convert::from_forward(request.into_inner()));
+        let from = self.admit(caller)?;
+        self.deliver(from, message.map_err(invalid)?)?;
+        Ok(Response::new(proto::ForwardReply {}))
+    }
+
+    type FetchBlocksStream = BlockStream;
+
+    async fn fetch_blocks(
+        &self,
+        request: Request<proto::FetchBlocksRequest>,
+    ) -> Result<Response<BlockStream>, Status> {
+        let request = request.into_inner();
+        let from = self.admit(convert::caller(request.header))?;
+        if !self.links.sends_to(from) {
+            return Err(Status::unavailable(format!(
+                "the link from node {} to node {from} is severed",
+                self.id
+            )));
+        }
+        let limit = u64::from(request.limit.clamp(1, CATCH_UP_BLOCKS_MAX));
+        Ok(Response::new(self.stream_chain(
+            request.from_height,
+            None,
+            Some(limit),
+        )))
+    }
+}
+
+/// Splits a converted request into the caller (checked first) and the message.
+fn split(
+    converted: Result<(convert::Caller, Message), ConvertError>,
+) -> (
+    Result<convert::Caller, ConvertError>,
+    Result<Message, ConvertError>,
+) {
+    match converted {
+        Ok((caller, message)) => (Ok(caller), Ok(message)),
+        Err(error) => (Err(error.clone()), Err(error)),
+    }
+}
+
+fn transfer_status(error: ProposeError) -> Status {
+    let message = error.to_string();
+    match error {
+        ProposeError::Invalid(_) => Status::invalid_argument(message),
+        ProposeError::IdConflict { .. } => Status::already_exists(message),
+        ProposeError::Busy { .. } => Status::resource_exhausted(message),
+    }
+}
+
+#[tonic::async_trait]
+impl LedgerService for Node {
+    async fn transfer(
+        &self,
+        request: Request<proto::TransferRequest>,
+    ) -> Result<Response<proto::TransferReply>, Status> {
+        let request = request.into_inner();
+        let transfer = request
+            .transfer
+            .ok_or_else(|| Status::invalid_argument("missing field transfer"))?;
+        let transfer = Transfer::try_from(transfer).map_err(invalid)?;
+        let timeout = match request.timeout_ms {
+            0 => self.transfer_timeout,
+            ms => Duration::from_millis(u64::from(ms)).min(TRANSFER_TIMEOUT_MAX),
+        };
+        let id = transfer.id.clone();
+        let (waiter, receiver) = oneshot::channel::<TransferResult>();
+        self.core
+            .send(Command::Transfer { transfer, waiter })
+            .map_err(|_| overloaded())?;
+        use proto::transfer_reply::Result as Reply;
+        let result = match tokio::time::timeout(timeout, receiver).await {
+            Err(_) => Reply::Pending(proto::StillPending {
+                id: id.as_str().to_string(),
+            }),
+            Ok(outcome) => {
+                let outcome =
+                    outcome.map_err(|_| Status::unavailable("the node is shutting down"))?;
+                let committed = outcome.map_err(transfer_status)?;
+                Reply::Committed(proto::Committed {
+                    height: committed.committed.height,
+                    outcome: Some((&committed.committed.outcome).into()),
+                    block_hash: committed.block_hash.0.to_vec(),
+                })
+            }
+        };
+        Ok(Response::new(proto::TransferReply {
+            result: Some(result),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        let (sender, receiver) = oneshot::channel();
+        self.core
+            .send(Command::Status(sender))
+            .map_err(|_| overloaded())?;
+        let status = answer(receiver).await?;
+        let core = status.core;
+        let role = match core.role {
+            RoleName::Follower => proto::Role::Follower,
+            RoleName::Candidate => proto::Role::Candidate,
+            RoleName::Leader => proto::Role::Leader,
+        };
+        Ok(Response::new(proto::StatusReply {
+            node: core.id,
+            nodes: status.nodes,
+            role: role as i32,
+            leader: core.leader.map(proto::Ballot::from),
+            ballot: Some(core.ballot.into()),
+            promised: Some(core.promised.into()),
+            quorum_connected: core.quorum_connected,
+            height: core.height,
+            head_hash: core.head_hash.0.to_vec(),
+            pending: core.pending as u32,
+            in_flight: core.in_flight as u32,
+            cut_outgoing: self.links.cut_outgoing(),
+            cut_incoming: self.links.cut_incoming(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            genesis_hash: status.genesis_hash.0.to_vec(),
+            genesis_balance: status.genesis_balance,
+        }))
+    }
+
+    async fn balances(
+        &self,
+        _request: Request<proto::BalancesRequest>,
+    ) -> Result<Response<proto::BalancesReply>, Status> {
+        let (sender, receiver) = oneshot::channel();
+        self.core
+            .send(Command::Balances(sender))
+            .map_err(|_| overloaded())?;
+        let balances = answer(receiver).await?;
+        Ok(Response::new(proto::BalancesReply {
+            height: balances.height,
+            head_hash: balances.head_hash.0.to_vec(),
+            balances: balances
+                .balances
+                .iter()
+                .enumerate()
+                .map(|(index, balance)| proto::Balance {
+                    account: index as u32 + 1,
+                    balance: *balance,
+                })
+                .collect(),
+        }))
+    }
+
+    type ChainStream = BlockStream;
+
+    async fn chain(
+        &self,
+        request: Request<proto::ChainRequest>,
+    ) -> Result<Response<BlockStream>, Status> {
+        let request = request.into_inner();
+        if let Some(to) = request.to_height {
+            if to < request.from_height {
+                return Err(Status::invalid_argument(format!(
+                    "to_height {to} is below from_height {}",
+                    request.from_height
+                )));
+            }
+        }
+        Ok(Response::new(self.stream_chain(
+            request.from_height,
+            request.to_height,
+            None,
+        )))
+    }
+
+    async fn pending(
+        &self,
+        _request: Request<proto::PendingRequest>,
+    ) -> Result<Response<proto::PendingReply>, Status> {
+        let (sender, receiver) = oneshot::channel();
+        self.core
+            .send(Command::Pending(sender))
+            .map_err(|_| overloaded())?;
+        let transfers = answer(receiver).await?;
+        Ok(Response::new(proto::PendingReply {
+            transfers: transfers.iter().map(proto::Transfer::from).collect(),
+        }))
+    }
+}
+
+fn direction(value: i32) -> Result<Direction, Status> {
+    match proto::Direction::try_from(value) {
+        Ok(proto::Direction::Both | proto::Direction::Unspecified) => Ok(Direction::Both),
+        Ok(proto::Direction::Outgoing) => Ok(Direction::Outgoing),
+        Ok(proto::Direction::Incoming) => Ok(Direction::Incoming),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown direction {value}"
+        ))),
+    }
+}
+
+fn describe(peer: Option<NodeId>, direction: Direction) -> String {
+    let peer = peer.map_or("every node".to_string(), |peer| format!("node {peer}"));
+    match direction {
+        Direction::Both => format!("{peer}, both directions"),
+        Direction::Outgoing => format!("{peer}, outgoing"),
+        Direction::Incoming => format!("{peer}, incoming"),
+    }
+}
+
+impl Node {
+    fn links_reply(&self) -> proto::LinksReply {
+        proto::LinksReply {
+            cut_outgoing: self.links.cut_outgoing(),
+            cut_incoming: self.links.cut_incoming(),
+        }
+    }
+
+    fn check_peer(&self, peer: NodeId) -> Result<(), Status> {
+        if peer == 0 || peer > self.nodes {
+            return Err(Status::invalid_argument(format!(
+                "node {peer} is not in the cluster (nodes are 1..={})",
+                self.nodes
+            )));
+        }
+        if peer == self.id {
+            return Err(Status::invalid_argument(format!(
+                "node {peer} cannot cut a link to itself"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl FaultService for Node {
+    async fn crash(
+        &self,
+        _request: Request<proto::CrashRequest>,
+    ) -> Result<Response<proto::CrashReply>, Status> {
+        warn!("crash requested: dying now, as kill -9 would");
+        crash_now()
+    }
+
+    async fn sever(
+        &self,
+        request: Request<proto::SeverRequest>,
+    ) -> Result<Response<proto::LinksReply>, Status> {
+        let request = request.into_inner();
+        self.check_peer(request.peer)?;
+        let direction = direction(request.direction)?;
+        self.links.sever(request.peer, direction);
+        info!(
+            "severed link with {}",
+            describe(Some(request.peer), direction)
+        );
+        Ok(Response::new(self.links_reply()))
+    }
+
+    async fn heal(
+        &self,
+        request: Request<proto::HealRequest>,
+    ) -> Result<Response<proto::LinksReply>, Status> {
+        let request = request.into_inner();
+        let peer = match request.peer {
+            0 => None,
+            peer => {
+                self.check_peer(peer)?;
+                Some(peer)
+            }
+        };
+        let direction = direction(request.direction)?;
+        self.links.heal(peer, direction);
+        info!("healed link with {}", describe(peer, direction));
+        Ok(Response::new(self.links_reply()))
+    }
+}
+
+/// Ends the process at once: no destructor runs and nothing is flushed, as with `kill -9`.
+fn crash_now() -> ! {
+    // SAFETY: both calls take plain integers and touch no memory of this process. SIGKILL to
+    // ourselves is the real thing; as PID 1 of a container the kernel ignores it, so `_exit`
+    // follows, which likewise ends the process without running any user-space cleanup.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+        libc::_exit(137)
+    }
+}
+
+/// Starts the node: opens and checks the data directory, restores the core, starts the core
+/// loop and the transport, and serves gRPC until the process ends.
+pub async fn serve(settings: Settings) -> Result<()> {
+    let core_config = settings.core.clone();
+    let identity = Identity {
+        node: core_config.id,
+        nodes: core_config.nodes,
+        genesis_balance: core_config.genesis_balance,
+    };
+    let storage = SledStorage::open_node(&settings.data_dir, &identity)
+        .with_context(|| format!("cannot use data directory {}", settings.data_dir.display()))?;
+    let restored =
+        restore(&storage, core_config.nodes, core_config.genesis_balance).with_context(|| {
+            format!(
+                "data directory {} is corrupted; refusing to start",
+                settings.data_dir.display()
+            )
+        })?;
+    let genesis_hash = restored.ledger.genesis_hash();
+    let height = restored.ledger.height();
+    let pending = restored.acceptor.pending.len();
+    let replica = Replica::new(core_config.clone(), restored, rand::rng().next_u64())?;
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+
+    let links = Arc::new(Links::default());
+    let (core, commands) = core_loop::channel();
+    let transport = Transport::start(
+        &tokio::runtime::Handle::current(),
+        core_config.id,
+        &settings.cluster,
+        genesis_hash,
+        links.clone(),
+        core.clone(),
+    )?;
+    let node = Node {
+        id: core_config.id,
+        nodes: core_config.nodes,
+        genesis_hash,
+        core,
+        chain: storage.reader(),
+        links,
+        started: Instant::now(),
+        transfer_timeout: settings.transfer_timeout,
+    };
+    let core_loop = CoreLoop::new(
+        replica,
+        storage,
+        transport,
+        commands,
+        settings.heartbeat,
+        genesis_hash,
+    );
+    std::thread::Builder::new()
+        .name("benmo-core".to_string())
+        .spawn(move || core_loop.run())
+        .context("cannot start the core thread")?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LedgerServiceServer<Node>>().await;
+    health.set_serving::<PeerServiceServer<Node>>().await;
+    health.set_serving::<FaultServiceServer<Node>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+
+    info!(
+        "node {} of {} serving on {}; data in {}; chain height {height}, {pending} pending; genesis {}",
+        core_config.id,
+        core_config.nodes,
+        settings.listen,
+        settings.data_dir.display(),
+        &genesis_hash.to_hex()[..12]
+    );
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(PeerServiceServer::new(node.clone()))
+        .add_service(LedgerServiceServer::new(node.clone()))
+        .add_service(FaultServiceServer::new(node))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
+        .await
+        .context("the gRPC server failed")?;
+    Ok(())
+}

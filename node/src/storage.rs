@@ -1,0 +1,748 @@
+//! The node's durable state in sled, behind the core's [`Storage`] trait.
+//!
+//! One sled tree holds everything under one-byte key prefixes, so every batch of the core is one
+//! atomic `apply_batch`:
+//!
+//! | key                  | value                                  |
+//! |----------------------|----------------------------------------|
+//! | `m` + name           | identity: format, node id, cluster size, genesis balance and hash |
+//! | `p`                  | the promised ballot                    |
+//! | `a` + slot (u64 BE)  | an accepted value (protobuf)           |
+//! | `c` + height (u64 BE)| a block of the chain (protobuf)        |
+//! | `q` + transfer id    | a pending transfer (protobuf)          |
+//! | `x` + transfer id    | the dedup index: where the id was first ordered (u64 BE) |
+//!
+//! Durability: sled syncs on its own only every 500 ms, and on Linux its `flush()` issues
+//! `sync_file_range` but no `fsync` (spacejam/sled#1452), which neither persists file metadata
+//! nor flushes the drive's cache. So [`SledStorage::write`] applies the batch, flushes, and then
+//! `fdatasync`s sled's data file: one durable write per batch.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use benmo::convert::ConvertError;
+use benmo::proto;
+use benmo_paxos::storage::AcceptorState;
+use benmo_paxos::{
+    Ballot, Batch, Block, Hash, Height, NodeId, Storage, Transfer, TransferId, Write,
+};
+use prost::Message;
+
+/// The on-disk format this code writes and reads.
+const FORMAT: &[u8] = b"benmo-sled-v1";
+/// sled writes an item larger than a quarter of a segment as a separate "blob" file, without any
+/// sync at all. With 8 MiB segments no block (at most 10,000 transfers) comes near that.
+const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+
+const META: u8 = b'm';
+const PROMISED: u8 = b'p';
+const ACCEPTED: u8 = b'a';
+const CHAIN: u8 = b'c';
+const PENDING: u8 = b'q';
+const INDEX: u8 = b'x';
+
+/// Who a data directory belongs to. A node refuses a directory written for anyone else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The node id.
+    pub node: NodeId,
+    /// The cluster size.
+    pub nodes: u32,
+    /// The genesis balance of every account.
+    pub genesis_balance: u64,
+}
+
+impl Identity {
+    fn genesis(&self) -> Block {
+        Block::genesis(self.nodes, self.genesis_balance)
+    }
+}
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// sled failed.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// The file system failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        source: std::io::Error,
+    },
+    /// The directory holds another node's or another cluster's data.
+    #[error("data directory {path} belongs to {found}, not to {expected}")]
+    WrongIdentity {
+        /// The directory.
+        path: PathBuf,
+        /// What it says it is.
+        found: String,
+        /// What this node is.
+        expected: String,
+    },
+    /// The directory holds data but not a Benmo identity.
+    #[error("data directory {path} is not a Benmo data directory (no identity record): refusing to touch it")]
+    NotBenmo {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory was initialized but its database is empty or gone.
+    #[error("data directory {path} was initialized (it has an IDENTITY file) but its database is empty or missing: it was lost or corrupted; refusing to start with an empty ledger")]
+    Lost {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A stored record does not decode.
+    #[error("corrupted record {key}: {reason}")]
+    Corrupted {
+        /// The record's key.
+        key: String,
+        /// Why it is unreadable.
+        reason: String,
+    },
+    /// A batch would break the chain or lower the promise.
+    #[error("refused write: {0}")]
+    Refused(String),
+}
+
+/// The node's sled store.
+pub struct SledStorage {
+    path: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    /// sled's data file, fsynced after every flush.
+    data_file: File,
+    /// The stored chain's height (None before the genesis).
+    height: Option<Height>,
+    promised: Ballot,
+}
+
+/// The file that marks a directory as initialized, beside sled's own files.
+const IDENTITY_FILE: &str = "IDENTITY";
+
+/// Writes the marker file and makes it durable, directory entry included.
+fn write_marker(marker: &Path, identity: &Identity) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io {
+        path: marker.to_path_buf(),
+        source,
+    };
+    let text = format!(
+        "benmo data directory\nformat {}\nnode {}\nnodes {}\ngenesis_balance {}\ngenesis {}\n",
+        String::from_utf8_lossy(FORMAT),
+        identity.node,
+        identity.nodes,
+        identity.genesis_balance,
+        identity.genesis().hash
+    );
+    let mut file = File::create(marker).map_err(io)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    if let Some(directory) = marker.parent() {
+        File::open(directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// How sled is opened. Its own periodic flush is off: every batch is flushed and synced.
+fn sled_config(path: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .segment_size(SEGMENT_BYTES)
+        .flush_every_ms(None)
+}
+
+fn key(prefix: u8, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + suffix.len());
+    key.push(prefix);
+    key.extend_from_slice(suffix);
+    key
+}
+
+fn describe_key(key: &[u8]) -> String {
+    match key.split_first() {
+        Some((prefix, rest)) if rest.len() == 8 && matches!(*prefix, ACCEPTED | CHAIN) => {
+            let number = u64::from_be_bytes(rest.try_into().expect("8 bytes"));
+            format!("{}{number}", *prefix as char)
+        }
+        Some((prefix, rest)) => format!("{}{}", *prefix as char, String::from_utf8_lossy(rest)),
+        None => "(empty key)".to_string(),
+    }
+}
+
+fn corrupted(key: &[u8], reason: impl ToString) -> StorageError {
+    StorageError::Corrupted {
+        key: describe_key(key),
+        reason: reason.to_string(),
+    }
+}
+
+fn encode_ballot(ballot: Ballot) -> [u8; 12] {
+    let mut bytes = [0; 12];
+    bytes[..8].copy_from_slice(&ballot.round.to_be_bytes());
+    bytes[8..].copy_from_slice(&ballot.node.to_be_bytes());
+    bytes
+}
+
+fn decode_ballot(key: &[u8], bytes: &[u8]) -> Result<Ballot, StorageError> {
+    let bytes: [u8; 12] = bytes
+        .try_into()
+        .map_err(|_| corrupted(key, "a ballot is 12 bytes"))?;
+    Ok(Ballot::new(
+        u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+        u32::from_be_bytes(bytes[8..].try_into().expect("4 bytes")),
+    ))
+}
+
+fn decode<T: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<T, StorageError> {
+    T::decode(bytes).map_err(|error| corrupted(key, error))
+}
+
+fn converted<T>(key: &[u8], result: Result<T, ConvertError>) -> Result<T, StorageError> {
+    result.map_err(|error| corrupted(key, error))
+}
+
+fn encode_accepted(ballot: Ballot, batch: &Batch) -> Vec<u8> {
+    proto::AcceptedValue {
+        slot: 0,
+        ballot: Some(ballot.into()),
+        batch: Some(batch.into()),
+    }
+    .encode_to_vec()
+}
+
+/// The u64 after a key's prefix byte.
+fn number(key: &[u8]) -> Result<u64, StorageError> {
+    be_u64(key, &key[1..])
+}
+
+fn be_u64(key: &[u8], bytes: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupted(key, "expected a big-endian u64"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+impl SledStorage {
+    /// Opens a node's data directory, creating it (with its identity and the genesis block) on
+    /// first start. An existing directory must carry the same identity.
+    ///
+    /// Besides the identity inside sled, the directory holds an `IDENTITY` file written once at
+    /// first start. If sled comes up empty in a directory that has one, its data file was lost or
+    /// damaged beyond sled's recovery: starting would forget promises and the chain, so the node
+    /// refuses.
+    pub fn open_node(path: &Path, identity: &Identity) -> Result<SledStorage, StorageError> {
+        let marker = path.join(IDENTITY_FILE);
+        let initialized = marker.exists();
+        let fresh_sled = !path.join("db").exists();
+        if initialized && fresh_sled {
+            return Err(StorageError::Lost {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut storage = SledStorage::open(path, identity)?;
+        if initialized && storage.height.is_none() {
+            return Err(StorageError::Lost {
+                path: path.to_path_buf(),
+            });
+        }
+        if !initialized {
+            write_marker(&marker, identity)?;
+        }
+        if storage.height.is_none() {
+            storage.write(&[Write::AppendBlock(identity.genesis())])?;
+            // The directory entries of sled's files must be durable too.
+            File::open(path)
+                .and_then(|directory| directory.sync_all())
+                .map_err(|source| StorageError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+        Ok(storage)
+    }
+
+    /// Opens (or creates) the store for `identity` without writing the genesis block.
+    pub fn open(path: &Path, identity: &Identity) -> Result<SledStorage, StorageError> {
+        std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let db = sled_config(path).open()?;
+        let tree = db.open_tree("benmo")?;
+        let data_path = path.join("db");
+        let data_file = File::open(&data_path).map_err(|source| StorageError::Io {
+            path: data_path.clone(),
+            source,
+        })?;
+        let mut storage = SledStorage {
+            path: path.to_path_buf(),
+            db,
+            tree,
+            data_file,
+            height: None,
+            promised: Ballot::ZERO,
+        };
+        storage.check_identity(identity)?;
+        storage.height = storage.read_height()?;
+        storage.promised = storage.read_promised()?;
+        Ok(storage)
+    }
+
+    fn check_identity(&self, identity: &Identity) -> Result<(), StorageError> {
+        let expected = vec![
+            (key(META, b"format"), FORMAT.to_vec()),
+            (key(META, b"node"), identity.node.to_be_bytes().to_vec()),
+            (key(META, b"nodes"), identity.nodes.to_be_bytes().to_vec()),
+            (
+                key(META, b"genesis_balance"),
+                identity.genesis_balance.to_be_bytes().to_vec(),
+            ),
+            (key(META, b"genesis"), identity.genesis().hash.0.to_vec()),
+        ];
+        let describe = |node: &[u8], nodes: &[u8], balance: &[u8]| {
+            let node = node.try_into().map(u32::from_be_bytes);
+            let nodes = nodes.try_into().map(u32::from_be_bytes);
+            let balance = balance.try_into().map(u64::from_be_bytes);
+            match (node, nodes, balance) {
+                (Ok(node), Ok(nodes), Ok(balance)) => {
+                    format!("node {node} of a {nodes}-node cluster with genesis balance {balance}")
+                }
+                _ => "an unreadable identity".to_string(),
+            }
+        };
+        let expected_text = describe(
+            &identity.node.to_be_bytes(),
+            &identity.nodes.to_be_bytes(),
+            &identity.genesis_balance.to_be_bytes(),
+        );
+        if self.tree.get(key(META, b"format"))?.is_none() {
+            if !self.tree.is_empty() {
+                return Err(StorageError::NotBenmo {
+                    path: self.path.clone(),
+                });
+            }
+            let mut batch = sled::Batch::default();
+            for (name, value) in expected {
+                batch.insert(name, value);
+            }
+            self.tree.apply_batch(batch)?;
+            return Ok(());
+        }
+        let mut found = Vec::new();
+        for (name, _) in &expected {
+            found.push(
+                self.tree
+                    .get(name)?
+                    .map(|value| value.to_vec())
+                    .unwrap_or_default(),
+            );
+        }
+        if found[0] != FORMAT {
+            return Err(StorageError::WrongIdentity {
+                path: self.path.clone(),
+                found: format!("format {:?}", String::from_utf8_lossy(&found[0])),
+                expected: format!("format {:?}", String::from_utf8_lossy(FORMAT)),
+            });
+        }
+        let same = expected
+            .iter()
+            .zip(&found)
+            .all(|((_, want), got)| want == got);
+        if !same {
+            return Err(StorageError::WrongIdentity {
+                path: self.path.clone(),
+                found: describe(&found[1], &found[2], &found[3]),
+                expected: expected_text,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_height(&self) -> Result<Option<Height>, StorageError> {
+        match self.tree.scan_prefix([CHAIN]).keys().next_back() {
+            None => Ok(None),
+            Some(key) => Ok(Some(number(&key?)?)),
+        }
+    }
+
+    fn read_promised(&self) -> Result<Ballot, StorageError> {
+        let key = [PROMISED];
+        match self.tree.get(key)? {
+            None => Ok(Ballot::ZERO),
+            Some(bytes) => decode_ballot(&key, &bytes),
+        }
+    }
+
+    /// Makes everything applied so far durable: sled's flush, then `fdatasync` of its data file.
+    fn sync(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        self.data_file
+            .sync_data()
+            .map_err(|source| StorageError::Io {
+                path: self.path.join("db"),
+                source,
+            })
+    }
+
+    /// Checks a batch against the stored state before anything is written.
+    fn check(&self, writes: &[Write]) -> Result<(), StorageError> {
+        let mut next = self.height.map_or(0, |height| height + 1);
+        let mut promised = self.promised;
+        for write in writes {
+            match write {
+                Write::AppendBlock(block) => {
+                    if block.height != next {
+                        return Err(StorageError::Refused(format!(
+                            "block {} appended where block {next} was due",
+                            block.height
+                        )));
+                    }
+                    if block.height > 0 && !block.hash_is_valid() {
+                        return Err(StorageError::Refused(format!(
+                            "block {} does not match its hash",
+                            block.height
+                        )));
+                    }
+                    next += 1;
+                }
+                Write::Promise(ballot) => {
+                    if *ballot < promised {
+                        return Err(StorageError::Refused(format!(
+                            "promise {ballot} is below the stored promise {promised}"
+                        )));
+                    }
+                    promised = *ballot;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The block at `height`, if stored.
+    pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
+        let key = key(CHAIN, &height.to_be_bytes());
+        match self.tree.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                let block: proto::Block = decode(&key, &bytes)?;
+                Ok(Some(converted(&key, Block::try_from(block))?))
+            }
+        }
+    }
+
+    /// Where the transfer `id` was first ordered, from the dedup index.
+    pub fn first_height(&self, id: &TransferId) -> Result<Option<Height>, StorageError> {
+        let key = key(INDEX, id.as_str().as_bytes());
+        match self.tree.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(be_u64(&key, &bytes)?)),
+        }
+    }
+
+    /// A read-only handle on the chain.
+    pub fn reader(&self) -> ChainReader {
+        ChainReader {
+            tree: self.tree.clone(),
+        }
+    }
+
+    /// The number of ids in the dedup index.
+    pub fn indexed_transfers(&self) -> usize {
+        self.tree.scan_prefix([INDEX]).count()
+    }
+}
+
+impl Storage for SledStorage {
+    type Error = StorageError;
+
+    fn write(&mut self, writes: &[Write]) -> Result<(), StorageError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.check(writes)?;
+        let mut batch = sled::Batch::default();
+        let mut promised = self.promised;
+        let mut height = self.height;
+        for write in writes {
+            match write {
+                Write::Promise(ballot) => {
+                    batch.insert(vec![PROMISED], encode_ballot(*ballot).to_vec());
+                    promised = *ballot;
+                }
+                Write::Accept {
+                    slot,
+                    ballot,
+                    batch: value,
+                } => {
+                    batch.insert(
+                        key(ACCEPTED, &slot.to_be_bytes()),
+                        encode_accepted(*ballot, value),
+                    );
+                }
+                Write::AppendBlock(block) => {
+                    // Accepted values at or below the block are settled. Earlier writes of this
+                    // same batch are not visible to the scan, but the core never accepts at or
+                    // below a height it appends in the same step.
+                    for stale in self
+                        .tree
+                        .range(key(ACCEPTED, &[])..=key(ACCEPTED, &block.height.to_be_bytes()))
+                        .keys()
+                    {
+                        batch.remove(stale?);
+                    }
+                    batch.insert(
+                        key(CHAIN, &block.height.to_be_bytes()),
+                        proto::Block::from(block).encode_to_vec(),
+                    );
+                    for entry in &block.entries {
+                        if !matches!(entry.outcome, benmo_paxos::Outcome::Duplicate { .. }) {
+                            batch.insert(
+                                key(INDEX, entry.transfer.id.as_str().as_bytes()),
+                                block.height.to_be_bytes().to_vec(),
+                            );
+                        }
+                    }
+                    height = Some(block.height);
+                }
+                Write::AddPending(transfer) => {
+                    batch.insert(
+                        key(PENDING, transfer.id.as_str().as_bytes()),
+                        proto::Transfer::from(transfer).encode_to_vec(),
+                    );
+                }
+                Write::RemovePending(id) => {
+                    batch.remove(key(PENDING, id.as_str().as_bytes()));
+                }
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.sync()?;
+        self.promised = promised;
+        self.height = height;
+        Ok(())
+    }
+
+    fn acceptor_state(&self) -> Result<AcceptorState, StorageError> {
+        let mut accepted = BTreeMap::new();
+        for item in self.tree.scan_prefix([ACCEPTED]) {
+            let (key, bytes) = item?;
+            let slot = number(&key)?;
+            let value: proto::AcceptedValue = decode(&key, &bytes)?;
+            let ballot: Ballot = value
+                .ballot
+                .ok_or_else(|| corrupted(&key, "missing ballot"))?
+                .into();
+            let batch = value
+                .batch
+                .ok_or_else(|| corrupted(&key, "missing batch"))?;
+            accepted.insert(slot, (ballot, converted(&key, Batch::try_from(batch))?));
+        }
+        let mut pending = BTreeMap::new();
+        for item in self.tree.scan_prefix([PENDING]) {
+            let (key, bytes) = item?;
+            let transfer: proto::Transfer = decode(&key, &bytes)?;
+            let transfer = converted(&key, Transfer::try_from(transfer))?;
+            if key[1..] != *transfer.id.as_str().as_bytes() {
+                return Err(corrupted(&key, "stored under another id"));
+            }
+            pending.insert(transfer.id.clone(), transfer);
+        }
+        Ok(AcceptorState {
+            promised: self.read_promised()?,
+            accepted,
+            pending,
+        })
+    }
+
+    fn height(&self) -> Result<Option<Height>, StorageError> {
+        Ok(self.height)
+    }
+
+    fn blocks(&self, from: Height, limit: usize) -> Result<Vec<Block>, StorageError> {
+        read_blocks(&self.tree, from, limit)
+    }
+}
+
+/// Reads up to `limit` consecutive blocks from `from`, checking each is stored under its height.
+fn read_blocks(tree: &sled::Tree, from: Height, limit: usize) -> Result<Vec<Block>, StorageError> {
+    let mut blocks = Vec::new();
+    if limit == 0 {
+        return Ok(blocks);
+    }
+    for item in tree.range(key(CHAIN, &from.to_be_bytes())..).take(limit) {
+        let (key, bytes) = item?;
+        if key.first() != Some(&CHAIN) {
+            break;
+        }
+        let height = number(&key)?;
+        let block: proto::Block = decode(&key, &bytes)?;
+        let block = converted(&key, Block::try_from(block))?;
+        if block.height != height || height != from + blocks.len() as Height {
+            return Err(corrupted(&key, format!("holds block {}", block.height)));
+        }
+        blocks.push(block);
+    }
+    Ok(blocks)
+}
+
+/// A read-only handle on the chain, for serving peers' catch-up and clients' chain reads while the
+/// core loop writes. It sees blocks as soon as they are applied; every stored block is decided, so
+/// serving one before its local fsync is safe.
+#[derive(Clone)]
+pub struct ChainReader {
+    tree: sled::Tree,
+}
+
+impl ChainReader {
+    /// Up to `limit` consecutive blocks from `from`.
+    pub fn blocks(&self, from: Height, limit: usize) -> Result<Vec<Block>, StorageError> {
+        read_blocks(&self.tree, from, limit)
+    }
+}
+
+/// The genesis hash a directory for `identity` must hold.
+pub fn genesis_hash(identity: &Identity) -> Hash {
+    identity.genesis().hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use benmo_paxos::storage::conformance;
+
+    struct Sled {
+        directories: Vec<tempfile::TempDir>,
+    }
+
+    const IDENTITY: Identity = Identity {
+        node: 1,
+        nodes: 5,
+        genesis_balance: 100,
+    };
+
+    impl conformance::Harness for Sled {
+        type Store = SledStorage;
+
+        fn create(&mut self) -> SledStorage {
+            let directory = tempfile::tempdir().expect("temp dir");
+            let path = directory.path().join("data");
+            self.directories.push(directory);
+            SledStorage::open(&path, &IDENTITY).expect("open")
+        }
+
+        fn reopen(&mut self, store: SledStorage) -> SledStorage {
+            let path = store.path.clone();
+            drop(store);
+            SledStorage::open(&path, &IDENTITY).expect("reopen")
+        }
+    }
+
+    #[test]
+    fn sled_storage_passes_the_conformance_suite() {
+        conformance::run_all(&mut Sled {
+            directories: Vec::new(),
+        });
+    }
+
+    #[test]
+    fn a_directory_of_another_node_or_cluster_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        drop(SledStorage::open_node(&path, &IDENTITY).unwrap());
+        let other_node = Identity {
+            node: 2,
+            ..IDENTITY
+        };
+        let error = SledStorage::open(&path, &other_node).err().unwrap();
+        assert!(
+            error
+                .to_string()
+                .contains("belongs to node 1 of a 5-node cluster"),
+            "{error}"
+        );
+        let other_cluster = Identity {
+            nodes: 3,
+            ..IDENTITY
+        };
+        assert!(matches!(
+            SledStorage::open(&path, &other_cluster),
+            Err(StorageError::WrongIdentity { .. })
+        ));
+        // The right identity still opens it.
+        assert!(SledStorage::open(&path, &IDENTITY).is_ok());
+    }
+
+    #[test]
+    fn an_initialized_directory_whose_database_is_gone_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        drop(SledStorage::open_node(&path, &IDENTITY).unwrap());
+        for entry in std::fs::read_dir(&path).unwrap().flatten() {
+            if entry.file_name() != IDENTITY_FILE {
+                let _ = std::fs::remove_file(entry.path());
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        assert!(matches!(
+            SledStorage::open_node(&path, &IDENTITY),
+            Err(StorageError::Lost { .. })
+        ));
+    }
+
+    #[test]
+    fn a_sled_directory_without_identity_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        {
+            let db = sled_config(&path).open().unwrap();
+            db.open_tree("benmo").unwrap().insert(b"zzz", b"x").unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            SledStorage::open(&path, &IDENTITY),
+            Err(StorageError::NotBenmo { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupted_record_is_reported_with_its_key() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let store = SledStorage::open_node(&path, &IDENTITY).unwrap();
+        store
+            .tree
+            .insert(
+                key(CHAIN, &0u64.to_be_bytes()),
+                b"\xff\xff garbage".to_vec(),
+            )
+            .unwrap();
+        let error = store.blocks(0, 1).unwrap_err();
+        assert!(error.to_string().contains("corrupted record c0"), "{error}");
+    }
+
+    #[test]
+    fn the_dedup_index_records_first_heights() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
+        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let transfer = Transfer {
+            id: TransferId::new("a").unwrap(),
+            from: 1,
+            to: 2,
+            amount: 1,
+        };
+        let first = ledger.apply(1, std::slice::from_ref(&transfer));
+        let second = ledger.apply(1, std::slice::from_ref(&transfer));
+        store
+            .write(&[Write::AppendBlock(first), Write::AppendBlock(second)])
+            .unwrap();
+        assert_eq!(store.first_height(&transfer.id).unwrap(), Some(1));
+        assert_eq!(store.indexed_transfers(), 1);
+    }
+}

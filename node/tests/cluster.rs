@@ -1,0 +1,665 @@
+//! Integration tests: real `benmo-node` processes on loopback, driven by benmoctl.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use support::{leader, Cluster, PATIENCE};
+
+async fn balances(cluster: &Cluster, node: u32) -> (u64, Vec<u64>) {
+    let (code, json) = cluster
+        .ctl_json(&["--node", &node.to_string(), "balances"])
+        .await;
+    assert_eq!(code, 0, "balances at node {node}: {json}");
+    let list = json["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["balance"].as_u64().unwrap())
+        .collect();
+    (json["height"].as_u64().unwrap(), list)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_commits_and_every_node_agrees_on_the_balances() {
+    let cluster = Cluster::start(5).await;
+    let committed = cluster.transfer(1, 3, 20).await;
+    assert_eq!(committed["outcome"]["status"], "applied");
+    let height = committed["height"].as_u64().unwrap();
+    assert!(height >= 1);
+    assert_eq!(committed["block_hash"].as_str().unwrap().len(), 64);
+    cluster.wait_until_converged(height).await;
+    for node in 1..=5 {
+        let (_, list) = balances(&cluster, node).await;
+        assert_eq!(list, vec![80, 100, 120, 100, 100], "node {node}");
+    }
+    let run = cluster
+        .ctl(&["transfer", "--from", "2", "--to", "5", "--amount", "7"])
+        .await;
+    assert_eq!(run.code, 0);
+    assert!(run.out.starts_with("committed transfer t-"), "{}", run.out);
+    let verify = cluster.ctl(&["verify"]).await;
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_transfers_are_refused_with_reasons_and_move_nothing() {
+    let cluster = Cluster::start(3).await;
+    let cases: [(&[&str], i32, &str); 6] = [
+        (
+            &["--from", "1", "--to", "9", "--amount", "5"],
+            1,
+            "account 9 does not exist (accounts are 1..=3)",
+        ),
+        (
+            &["--from", "2", "--to", "2", "--amount", "5"],
+            1,
+            "cannot transfer from account 2 to itself",
+        ),
+        (
+            &["--from", "1", "--to", "2", "--amount", "0"],
+            2,
+            "amounts are positive",
+        ),
+        (
+            &["--from", "1", "--to", "2", "--amount", "-3"],
+            2,
+            "negative",
+        ),
+        (
+            &[
+                "--from",
+                "1",
+                "--to",
+                "2",
+                "--amount",
+                "99999999999999999999",
+            ],
+            2,
+            "larger than the largest amount",
+        ),
+        (
+            &[
+                "--from", "1", "--to", "2", "--amount", "5", "--id", "bad id",
+            ],
+            2,
+            "transfer id has the character ' '",
+        ),
+    ];
+    for (arguments, code, message) in cases {
+        let mut all = vec!["transfer"];
+        all.extend_from_slice(arguments);
+        let run = cluster.ctl(&all).await;
+        assert_eq!(run.code, code, "{arguments:?}: {run:?}");
+        assert!(run.err.contains(message), "{arguments:?}: {run:?}");
+    }
+    // Insufficient funds is decided when the transfer is ordered: recorded, and no money moves.
+    let run = cluster
+        .ctl(&["transfer", "--from", "1", "--to", "2", "--amount", "101"])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.out
+            .contains("insufficient funds: account 1 has 100, transfer needs 101"),
+        "{run:?}"
+    );
+    let (_, list) = balances(&cluster, 1).await;
+    assert_eq!(list, vec![100, 100, 100]);
+    let unknown_node = cluster.ctl(&["--node", "4", "status"]).await;
+    assert_eq!(unknown_node.code, 2);
+    assert!(unknown_node.err.contains("--node 4 is not in the cluster"));
+    let crash_unknown = cluster.ctl(&["crash", "7"]).await;
+    assert_eq!(crash_unknown.code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_id_debits_once_and_a_reused_id_is_refused() {
+    let cluster = Cluster::start(3).await;
+    let arguments = [
+        "transfer", "--from", "1", "--to", "2", "--amount", "30", "--id", "pay-1",
+    ];
+    let (code, first) = cluster.ctl_json(&arguments).await;
+    assert_eq!(code, 0);
+    // The retry goes to another node on purpose: deduplication is the cluster's, not a node's.
+    let mut retry = vec!["--node", "3"];
+    retry.extend_from_slice(&arguments);
+    let (code, second) = cluster.ctl_json(&retry).await;
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(first["height"], second["height"]);
+    assert_eq!(first["block_hash"], second["block_hash"]);
+    let height = first["height"].as_u64().unwrap();
+    cluster.wait_until_converged(height).await;
+    let (_, list) = balances(&cluster, 2).await;
+    assert_eq!(list, vec![70, 130, 100]);
+    let reused = cluster
+        .ctl(&[
+            "transfer", "--from", "1", "--to", "3", "--amount", "5", "--id", "pay-1",
+        ])
+        .await;
+    assert_eq!(reused.code, 1, "{reused:?}");
+    assert!(reused.err.contains("already used"), "{reused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_leader_crashes_a_new_leader_commits() {
+    let mut cluster = Cluster::start(5).await;
+    let old = cluster.wait_for_leader().await;
+    let run = cluster.ctl(&["crash", &old.to_string()]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.out.contains(&format!("node {old} crashed")));
+    let exit = cluster.reap(old);
+    assert!(!exit.success(), "a crash is not a clean exit: {exit:?}");
+    let from = if old == 1 { 2 } else { 1 };
+    let committed = cluster.transfer(from, old, 10).await;
+    assert_eq!(committed["outcome"]["status"], "applied");
+    let status = cluster.status().await;
+    let new = leader(&status).expect("a new leader");
+    assert_ne!(new, old);
+    assert_eq!(status[old as usize - 1]["up"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_and_verify_passes() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    cluster.kill(follower);
+    let mut height = 0;
+    for round in 0..20 {
+        let from = if round % 2 == 0 {
+            leader
+        } else {
+            6 - leader - follower
+        };
+        let json = cluster.transfer(from, follower, 1).await;
+        height = json["height"].as_u64().unwrap();
+    }
+    let verify = cluster.ctl(&["verify"]).await;
+    assert_eq!(
+        verify.code, 0,
+        "a node being down is not a violation: {verify:?}"
+    );
+    assert!(verify
+        .err
+        .contains(&format!("node {follower} is unreachable")));
+    cluster.spawn(follower);
+    cluster.wait_until_serving(follower).await;
+    cluster.wait_until_converged(height).await;
+    let (code, report) = cluster.ctl_json(&["verify"]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["ok"], true);
+    for node in report["nodes"].as_array().unwrap() {
+        assert_eq!(node["behind"], 0, "{report}");
+    }
+    let (_, list) = balances(&cluster, follower).await;
+    assert_eq!(list.iter().sum::<u64>(), 300);
+    assert_eq!(list[follower as usize - 1], 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sever_shows_in_status_and_a_minority_partition_waits_for_the_heal() {
+    let cluster = Cluster::start(5).await;
+    let run = cluster.ctl(&["sever", "2", "4"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let status = cluster.status().await;
+    assert_eq!(status[1]["cut_outgoing"], serde_json::json!([4]));
+    assert_eq!(status[1]["cut_incoming"], serde_json::json!([4]));
+    assert_eq!(status[3]["cut_outgoing"], serde_json::json!([2]));
+    let table = cluster.ctl(&["status"]).await;
+    assert!(
+        table.out.lines().nth(2).unwrap().ends_with('4'),
+        "{}",
+        table.out
+    );
+    cluster.transfer(2, 4, 5).await;
+
+    // A minority partition: {1, 2} against {3, 4, 5}.
+    let run = cluster.ctl(&["partition", "1,2", "3,4,5"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    cluster
+        .wait_until("the majority side has a leader", |nodes| {
+            nodes
+                .iter()
+                .any(|node| node["role"] == "leader" && node["node"].as_u64().unwrap() >= 3)
+        })
+        .await;
+    let majority = cluster
+        .ctl_json(&[
+            "--node", "4", "transfer", "--from", "3", "--to", "4", "--amount", "1",
+        ])
+        .await;
+    assert_eq!(majority.0, 0, "{}", majority.1);
+    let minority = cluster
+        .ctl_json(&[
+            "--node",
+            "1",
+            "transfer",
+            "--from",
+            "1",
+            "--to",
+            "5",
+            "--amount",
+            "2",
+            "--id",
+            "minority-1",
+            "--timeout-ms",
+            "1000",
+        ])
+        .await;
+    assert_eq!(minority.0, 3, "the minority cannot commit: {}", minority.1);
+    assert_eq!(minority.1["pending"], true);
+    let (_, log) = cluster.ctl_json(&["--node", "1", "log"]).await;
+    assert_eq!(log["nodes"][0]["pending"][0]["id"], "minority-1");
+
+    let run = cluster.ctl(&["heal", "--all"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    // The transfer left pending in the minority commits after the heal, exactly once.
+    let again = cluster
+        .ctl_json(&[
+            "--node",
+            "1",
+            "transfer",
+            "--from",
+            "1",
+            "--to",
+            "5",
+            "--amount",
+            "2",
+            "--id",
+            "minority-1",
+            "--timeout-ms",
+            "20000",
+        ])
+        .await;
+    assert_eq!(again.0, 0, "{}", again.1);
+    let height = again.1["height"].as_u64().unwrap();
+    cluster.wait_until_converged(height).await;
+    let (code, report) = cluster.ctl_json(&["verify"]).await;
+    assert_eq!(code, 0, "{report}");
+    let (_, list) = balances(&cluster, 5).await;
+    assert_eq!(list, vec![98, 95, 99, 106, 102]);
+}
+
+/// Builds a shape of cut links with benmoctl and checks that a transfer sent to `probe` commits.
+async fn assert_commits_under(cluster: &Cluster, cuts: &[(u32, u32)], probe: u32, shape: &str) {
+    for (a, b) in cuts {
+        let run = cluster
+            .ctl(&["sever", &a.to_string(), &b.to_string()])
+            .await;
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let started = Instant::now();
+    let to = if probe == 1 { "2" } else { "1" };
+    let (code, json) = cluster
+        .ctl_json(&[
+            "--node",
+            &probe.to_string(),
+            "transfer",
+            "--from",
+            &probe.to_string(),
+            "--to",
+            to,
+            "--amount",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ])
+        .await;
+    assert_eq!(code, 0, "{shape}: {json}");
+    println!(
+        "{shape}: committed again {} ms after the cut",
+        started.elapsed().as_millis()
+    );
+    let run = cluster.ctl(&["heal", "--all"]).await;
+    assert_eq!(run.code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partial_connectivity_shape_commits() {
+    let cluster = Cluster::start(5).await;
+    let all_pairs = |keep: &dyn Fn(u32, u32) -> bool| -> Vec<(u32, u32)> {
+        let mut cuts = Vec::new();
+        for a in 1..=5 {
+            for b in a + 1..=5 {
+                if !keep(a, b) {
+                    cuts.push((a, b));
+                }
+            }
+        }
+        cuts
+    };
+    // Quorum loss: only the hub keeps its links; the leader reaches the hub alone.
+    let old = cluster.wait_for_leader().await;
+    let hub = old % 5 + 1;
+    let cuts = all_pairs(&|a, b| a == hub || b == hub);
+    assert_commits_under(&cluster, &cuts, hub, "quorum-loss").await;
+
+    // Constrained election: the leader is cut off, the others reach only the hub.
+    let old = cluster.wait_for_leader().await;
+    let hub = old % 5 + 1;
+    let cuts = all_pairs(&|a, b| (a == hub || b == hub) && a != old && b != old);
+    assert_commits_under(&cluster, &cuts, hub, "constrained-election").await;
+
+    // Chained: a line with the leader at one end.
+    let old = cluster.wait_for_leader().await;
+    let line: Vec<u32> = (0..5).map(|offset| (old - 1 + offset) % 5 + 1).collect();
+    let position = |node: u32| line.iter().position(|x| *x == node).unwrap();
+    let cuts = all_pairs(&|a, b| position(a).abs_diff(position(b)) == 1);
+    assert_commits_under(&cluster, &cuts, line[2], "chained").await;
+
+    let (code, report) = cluster.ctl_json(&["verify"]).await;
+    assert_eq!(code, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_another_node_or_a_corrupted_one_is_refused() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.transfer(1, 2, 1).await;
+    cluster.kill(1);
+    cluster.kill(2);
+    let message = refused_start(&cluster, 1, &cluster.data_dir(2));
+    assert!(
+        message.contains("belongs to node 2 of a 3-node cluster"),
+        "{message}"
+    );
+    // Overwrite sled's data file with garbage: the node must refuse, not start empty.
+    let data_file = cluster.data_dir(1).join("db");
+    let length = std::fs::metadata(&data_file).unwrap().len() as usize;
+    std::fs::write(&data_file, vec![0x5a; length]).unwrap();
+    let message = refused_start(&cluster, 1, &cluster.data_dir(1));
+    assert!(message.contains("refusing to start"), "{message}");
+}
+
+/// Starts node `id` on `data_dir`, expects it to exit with an error on its own, and returns
+/// what it logged. A node that keeps running fails the test (and is killed).
+fn refused_start(cluster: &Cluster, id: u32, data_dir: &std::path::Path) -> String {
+    let log = cluster.log_path(id);
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    let mut child = cluster
+        .command(id, data_dir)
+        .spawn()
+        .expect("run benmo-node");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "node {id} started on {} instead of refusing",
+                data_dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    std::fs::read_to_string(&log).unwrap_or_default()[before..].to_string()
+}
+
+/// A client that keeps one transfer in flight and retries it, with the same id, until it gets an
+/// answer. Returns what was acknowledged: id -> height.
+async fn steady_client(cluster: &Cluster, client: u32, until: Instant) -> BTreeMap<String, u64> {
+    let mut acknowledged = BTreeMap::new();
+    let mut sequence = 0;
+    while Instant::now() < until {
+        sequence += 1;
+        let id = format!("c{client}-{sequence}");
+        let from = client % 5 + 1;
+        let to = (client + sequence) % 5 + 1;
+        let to = if to == from { to % 5 + 1 } else { to };
+        let mut attempt = 0;
+        let started = Instant::now();
+        loop {
+            attempt += 1;
+            let node = ((client + attempt) % 5 + 1).to_string();
+            let (code, json) = cluster
+                .ctl_json(&[
+                    "--node",
+                    &node,
+                    "--rpc-timeout-ms",
+                    "1000",
+                    "transfer",
+                    "--from",
+                    &from.to_string(),
+                    "--to",
+                    &to.to_string(),
+                    "--amount",
+                    "1",
+                    "--id",
+                    &id,
+                    "--timeout-ms",
+                    "2000",
+                ])
+                .await;
+            if code == 0 || code == 1 {
+                if json["committed"] == true {
+                    acknowledged.insert(id.clone(), json["height"].as_u64().unwrap());
+                }
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "transfer {id} never answered: {json}"
+            );
+        }
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transfers_under_faults_are_all_kept_after_the_heal() {
+    let mut cluster = Cluster::start(5).await;
+    let until = Instant::now() + Duration::from_secs(6);
+    let faults = async {
+        let mut crashed = Vec::new();
+        let steps: [&[&str]; 4] = [
+            &["sever", "1", "3"],
+            &["sever", "2", "5", "--one-way"],
+            &["partition", "1,2", "3,4,5"],
+            &["heal", "--all"],
+        ];
+        for step in steps {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let run = cluster.ctl(step).await;
+            assert_eq!(run.code, 0, "{step:?}: {run:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let leader = cluster.wait_for_leader().await;
+        let run = cluster.ctl(&["crash", &leader.to_string()]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        crashed.push(leader);
+        crashed
+    };
+    let clients = async {
+        let mut all = BTreeMap::new();
+        let results = futures_join(&cluster, until).await;
+        for acknowledged in results {
+            all.extend(acknowledged);
+        }
+        all
+    };
+    let (crashed, acknowledged) = tokio::join!(faults, clients);
+    for node in crashed {
+        cluster.reap(node);
+        cluster.spawn(node);
+        cluster.wait_until_serving(node).await;
+    }
+    let top = acknowledged.values().copied().max().unwrap_or(0);
+    let status = cluster.wait_until_converged(top).await;
+    let height = status[0]["height"].as_u64().unwrap();
+    assert!(
+        acknowledged.len() >= 20,
+        "too few transfers got through: {}",
+        acknowledged.len()
+    );
+
+    let (code, report) = cluster.ctl_json(&["verify"]).await;
+    assert_eq!(code, 0, "{report}");
+    // Every acknowledged transfer is in the chain exactly once, at the height it was acknowledged.
+    let mut seen: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for node in 1..=5u32 {
+        let (code, chain) = cluster
+            .ctl_json(&["--node", &node.to_string(), "chain"])
+            .await;
+        assert_eq!(code, 0);
+        let blocks = chain["blocks"].as_array().unwrap();
+        assert_eq!(blocks.len() as u64, height + 1, "node {node}");
+        if node == 1 {
+            for block in blocks {
+                for transfer in block["transfers"].as_array().unwrap() {
+                    seen.entry(transfer["id"].as_str().unwrap().to_string())
+                        .or_default()
+                        .push((
+                            block["height"].as_u64().unwrap(),
+                            transfer["outcome"]["status"].as_str().unwrap().to_string(),
+                        ));
+                }
+            }
+        }
+    }
+    for (id, height) in &acknowledged {
+        let appearances = seen
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged {id} is missing"));
+        let applied: BTreeSet<u64> = appearances
+            .iter()
+            .filter(|(_, status)| status == "applied")
+            .map(|(height, _)| *height)
+            .collect();
+        assert_eq!(applied, BTreeSet::from([*height]), "{id}: {appearances:?}");
+    }
+    println!(
+        "{} transfers acknowledged, chain height {height}, all found exactly once",
+        acknowledged.len()
+    );
+}
+
+async fn futures_join(cluster: &Cluster, until: Instant) -> Vec<BTreeMap<String, u64>> {
+    let (a, b, c, d) = tokio::join!(
+        steady_client(cluster, 1, until),
+        steady_client(cluster, 2, until),
+        steady_client(cluster, 3, until),
+        steady_client(cluster, 4, until),
+    );
+    vec![a, b, c, d]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn benmoctl_local_runs_a_cluster_of_processes() {
+    let directory = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let cluster_list = ports
+        .iter()
+        .enumerate()
+        .map(|(index, port)| format!("{}=http://127.0.0.1:{port}", index + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = directory.path().join("local");
+    let binary = support::node_binary();
+    let ctl = |arguments: Vec<String>| {
+        let cluster_list = cluster_list.clone();
+        async move {
+            let mut all = vec![
+                "benmoctl".to_string(),
+                "--cluster".to_string(),
+                cluster_list,
+            ];
+            all.extend(arguments);
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = benmoctl::run(
+                all,
+                &mut benmoctl::Terminal {
+                    out: &mut out,
+                    err: &mut err,
+                },
+            )
+            .await;
+            (
+                code,
+                String::from_utf8_lossy(&out).to_string(),
+                String::from_utf8_lossy(&err).to_string(),
+            )
+        }
+    };
+    let local = |command: &str| -> Vec<String> {
+        vec![
+            "local".into(),
+            command.into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--node-binary".into(),
+            binary.display().to_string(),
+        ]
+    };
+    // Whatever happens below, stop what `local up` started.
+    struct Down<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let pid_dir = dir.clone();
+    let _down = Down(move || {
+        for node in 1..=3 {
+            if let Ok(pid) = std::fs::read_to_string(pid_dir.join(format!("node-{node}.pid"))) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    if String::from_utf8_lossy(&cmdline).contains("benmo-node") {
+                        // SAFETY: kill takes integers; the pid is a benmo-node this test started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    });
+
+    let (code, out, err) = ctl(local("up")).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches(" up: pid ").count(), 3, "{out}");
+    let started = Instant::now();
+    loop {
+        let (code, out, _) = ctl(vec![
+            "transfer".into(),
+            "--from".into(),
+            "1".into(),
+            "--to".into(),
+            "3".into(),
+            "--amount".into(),
+            "20".into(),
+        ])
+        .await;
+        if code == 0 {
+            assert!(out.contains("committed"));
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the local cluster never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _, _) = ctl(vec!["crash".into(), "3".into()]).await;
+    assert_eq!(code, 0);
+    let mut start = local("start");
+    start.insert(2, "3".into());
+    let (code, out, err) = ctl(start).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("node 3 up"), "{out}");
+    let mut down = local("down");
+    down.push("--purge".into());
+    let (code, out, err) = ctl(down).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches(" stopped (pid ").count(), 3, "{out}");
+    assert!(!dir.exists(), "--purge removes the data");
+}

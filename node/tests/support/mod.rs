@@ -1,0 +1,293 @@
+//! A cluster of real `benmo-node` processes on loopback for integration tests, driven by
+//! benmoctl (its library, in-process). Every process is killed when the cluster is dropped,
+//! whether the test passed or panicked.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a test waits for the cluster to reach a state before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(25);
+
+/// What one benmoctl run printed and returned.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub out: String,
+    pub err: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.out.trim())
+            .unwrap_or_else(|error| panic!("benmoctl printed no JSON ({error}): {self:?}"))
+    }
+}
+
+pub struct Cluster {
+    pub directory: tempfile::TempDir,
+    pub nodes: u32,
+    pub cluster: String,
+    children: Vec<Option<Child>>,
+}
+
+fn free_ports(count: u32) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("address").port())
+        .collect()
+}
+
+pub fn node_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_benmo-node"))
+}
+
+impl Cluster {
+    /// Starts `nodes` nodes and waits until a leader has committed nothing yet but is elected.
+    pub async fn start(nodes: u32) -> Cluster {
+        let ports = free_ports(nodes);
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(index, port)| format!("{}=http://127.0.0.1:{port}", index + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut this = Cluster {
+            directory: tempfile::tempdir().expect("temp dir"),
+            nodes,
+            cluster,
+            children: (0..nodes).map(|_| None).collect(),
+        };
+        for id in 1..=nodes {
+            this.spawn(id);
+        }
+        for id in 1..=nodes {
+            this.wait_until_serving(id).await;
+        }
+        this.wait_for_leader().await;
+        this
+    }
+
+    pub fn data_dir(&self, id: u32) -> PathBuf {
+        self.directory.path().join(format!("node-{id}"))
+    }
+
+    pub fn log_path(&self, id: u32) -> PathBuf {
+        self.directory.path().join(format!("node-{id}.log"))
+    }
+
+    /// The command line that starts node `id` with data in `data_dir`.
+    pub fn command(&self, id: u32, data_dir: &Path) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        let mut command = Command::new(node_binary());
+        command
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--cluster")
+            .arg(&self.cluster)
+            .arg("--listen")
+            .arg(self.address(id).trim_start_matches("http://"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        // If the test process dies without unwinding (killed by a timeout), its nodes die too.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        command
+    }
+
+    pub fn address(&self, id: u32) -> String {
+        self.cluster
+            .split(',')
+            .find_map(|item| item.strip_prefix(&format!("{id}=")))
+            .expect("node in cluster")
+            .to_string()
+    }
+
+    /// Starts node `id` (again).
+    pub fn spawn(&mut self, id: u32) {
+        assert!(
+            self.children[id as usize - 1].is_none(),
+            "node {id} is running"
+        );
+        let child = self
+            .command(id, &self.data_dir(id))
+            .spawn()
+            .expect("start benmo-node");
+        self.children[id as usize - 1] = Some(child);
+    }
+
+    /// Kills node `id` as `kill -9` would, and reaps it.
+    pub fn kill(&mut self, id: u32) {
+        if let Some(mut child) = self.children[id as usize - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Reaps node `id` after `benmoctl crash` made it die by itself.
+    pub fn reap(&mut self, id: u32) -> std::process::ExitStatus {
+        let mut child = self.children[id as usize - 1]
+            .take()
+            .expect("node was running");
+        child.wait().expect("wait for node")
+    }
+
+    /// Runs benmoctl against this cluster.
+    pub async fn ctl(&self, arguments: &[&str]) -> Run {
+        let mut all = vec!["benmoctl", "--cluster", &self.cluster];
+        all.extend_from_slice(arguments);
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = {
+            let mut terminal = benmoctl::Terminal {
+                out: &mut out,
+                err: &mut err,
+            };
+            benmoctl::run(all, &mut terminal).await
+        };
+        Run {
+            code,
+            out: String::from_utf8_lossy(&out).to_string(),
+            err: String::from_utf8_lossy(&err).to_string(),
+        }
+    }
+
+    /// Runs benmoctl with `--output json` and returns the exit code and the JSON.
+    pub async fn ctl_json(&self, arguments: &[&str]) -> (i32, Value) {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(arguments);
+        let run = self.ctl(&all).await;
+        (run.code, run.json())
+    }
+
+    /// Every node's status, as benmoctl reports it.
+    pub async fn status(&self) -> Vec<Value> {
+        let (_, json) = self.ctl_json(&["status"]).await;
+        json["nodes"].as_array().expect("nodes").clone()
+    }
+
+    /// Polls until `condition` holds on the cluster's status, or fails the test after PATIENCE.
+    pub async fn wait_until<F>(&self, what: &str, condition: F) -> Vec<Value>
+    where
+        F: Fn(&[Value]) -> bool,
+    {
+        let started = Instant::now();
+        loop {
+            let status = self.status().await;
+            if condition(&status) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "timed out waiting until {what}; status: {status:#?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub async fn wait_until_serving(&self, id: u32) {
+        let started = Instant::now();
+        loop {
+            let (code, _) = self.ctl_json(&["--node", &id.to_string(), "status"]).await;
+            if code == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "node {id} did not start; log:\n{}",
+                std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until some node leads and returns it.
+    pub async fn wait_for_leader(&self) -> u32 {
+        let status = self
+            .wait_until("a leader is elected", |nodes| leader(nodes).is_some())
+            .await;
+        leader(&status).expect("a leader")
+    }
+
+    /// Waits until every running node is at the same height, at least `height`.
+    pub async fn wait_until_converged(&self, height: u64) -> Vec<Value> {
+        self.wait_until(
+            &format!("every node reaches height {height} and agrees"),
+            |nodes| {
+                let up: Vec<&Value> = nodes.iter().filter(|node| node["up"] == true).collect();
+                !up.is_empty()
+                    && up.iter().all(|node| {
+                        node["height"].as_u64().unwrap_or(0) >= height
+                            && node["height"] == up[0]["height"]
+                            && node["head_hash"] == up[0]["head_hash"]
+                            && node["pending"] == 0
+                    })
+            },
+        )
+        .await
+    }
+
+    /// Transfers and returns the JSON answer, asserting it committed.
+    pub async fn transfer(&self, from: u32, to: u32, amount: u64) -> Value {
+        let (code, json) = self
+            .ctl_json(&[
+                "transfer",
+                "--from",
+                &from.to_string(),
+                "--to",
+                &to.to_string(),
+                "--amount",
+                &amount.to_string(),
+            ])
+            .await;
+        assert_eq!(code, 0, "transfer {from}->{to} {amount} failed: {json}");
+        json
+    }
+}
+
+/// The node that leads with the highest ballot, in a status list.
+pub fn leader(nodes: &[Value]) -> Option<u32> {
+    nodes
+        .iter()
+        .filter(|node| node["role"] == "leader")
+        .max_by_key(|node| {
+            let ballot = node["ballot"].as_str().unwrap_or("0.0").to_string();
+            let (round, id) = ballot.split_once('.').unwrap_or(("0", "0"));
+            (
+                round.parse::<u64>().unwrap_or(0),
+                id.parse::<u64>().unwrap_or(0),
+            )
+        })
+        .and_then(|node| node["node"].as_u64())
+        .map(|node| node as u32)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=self.nodes {
+            self.kill(id);
+        }
+    }
+}
