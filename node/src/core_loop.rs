@@ -1,9 +1,10 @@
 //! The core loop: one thread owns the [`Replica`] and the [`SledStorage`].
 //!
 //! It waits for a command or the next tick, then takes every command already queued (up to
-//! [`STEPS_PER_WRITE_MAX`]), steps the core once for each, writes all their batches as one atomic,
-//! fsynced sled batch (group commit), and only then releases what the steps produced: messages
-//! to peers, answers to peer RPCs, catch-up fetches and client replies. That is the core's
+//! [`STEPS_PER_WRITE_MAX`]), steps the core once for each, and writes all their batches as one
+//! atomic, fsynced sled batch (group commit). What a step marks as vouching for its writes
+//! (promises, votes, ballots) is released only after that fsync; the rest (heartbeats, forwards,
+//! decisions, client answers) leaves as soon as the step produced it. That is the core's
 //! persist-before-reply contract, paid with one fsync per group rather than per message.
 
 use std::collections::{BTreeMap, HashMap};
@@ -148,11 +149,14 @@ pub fn channel() -> (CoreHandle, Receiver<Command>) {
 /// crash could still take back.
 type Read = Box<dyn FnOnce(&CoreLoop) + Send>;
 
-/// What a group of steps produced, held until its writes are durable.
+/// A group of steps: their writes, and what waits for those writes to be durable.
 #[derive(Default)]
 struct Group {
     writes: Vec<Write>,
-    readies: Vec<Ready>,
+    /// Hashes of the blocks appended in this group, for answers that name their block.
+    appended: BTreeMap<Height, Hash>,
+    messages: Vec<benmo_paxos::Outgoing>,
+    replies: Vec<benmo_paxos::Reply>,
     peer_replies: Vec<(oneshot::Sender<Option<Message>>, Option<Message>)>,
     reads: Vec<Read>,
     steps: usize,
@@ -238,11 +242,18 @@ impl CoreLoop {
             } => {
                 let mut ready = self.replica.step(Input::Receive { from, message });
                 if let Some((kind, sender)) = reply {
-                    let position = ready.messages.iter().position(|outgoing| {
+                    let matches = |outgoing: &benmo_paxos::Outgoing| {
                         outgoing.to == from && kind.matches(&outgoing.message)
-                    });
-                    let answer = position.map(|index| ready.messages.remove(index).message);
-                    group.peer_replies.push((sender, answer));
+                    };
+                    if let Some(index) = ready.messages.iter().position(matches) {
+                        let _ = sender.send(Some(ready.messages.remove(index).message));
+                    } else if let Some(index) = ready.messages_after_writes.iter().position(matches)
+                    {
+                        let answer = ready.messages_after_writes.remove(index).message;
+                        group.peer_replies.push((sender, Some(answer)));
+                    } else {
+                        let _ = sender.send(None);
+                    }
                 }
                 self.absorb(group, ready);
             }
@@ -281,44 +292,56 @@ impl CoreLoop {
         self.absorb(group, ready);
     }
 
-    fn absorb(&mut self, group: &mut Group, mut ready: Ready) {
+    /// Takes a step's output: what may leave at once leaves now; the writes join the group's
+    /// batch, and what vouches for them waits in the group.
+    fn absorb(&mut self, group: &mut Group, ready: Ready) {
         group.steps += 1;
-        for event in &ready.events {
+        let Ready {
+            writes,
+            messages,
+            messages_after_writes,
+            fetches,
+            replies,
+            replies_after_writes,
+            events,
+        } = ready;
+        for event in &events {
             log_event(event);
         }
-        for block in ready.appended_blocks() {
-            let (first, _, transfers) =
-                self.decided_unlogged
-                    .unwrap_or((block.height, block.height, 0));
-            self.decided_unlogged = Some((first, block.height, transfers + block.entries.len()));
+        for write in &writes {
+            if let Write::AppendBlock(block) = write {
+                group.appended.insert(block.height, block.hash);
+                let (first, _, transfers) =
+                    self.decided_unlogged
+                        .unwrap_or((block.height, block.height, 0));
+                self.decided_unlogged =
+                    Some((first, block.height, transfers + block.entries.len()));
+            }
         }
-        group.writes.append(&mut ready.writes);
-        group.readies.push(ready);
+        group.writes.extend(writes);
+        for outgoing in messages {
+            self.transport.send(outgoing.to, outgoing.message);
+        }
+        for fetch in fetches {
+            self.transport.fetch(fetch.peer, fetch.from);
+        }
+        for reply in replies {
+            self.answer(reply, &group.appended);
+        }
+        group.messages.extend(messages_after_writes);
+        group.replies.extend(replies_after_writes);
     }
 
-    /// Everything a durable group may now do.
+    /// The group's writes are durable: release what waited for them.
     fn release(&mut self, group: Group) {
         for (sender, answer) in group.peer_replies {
             let _ = sender.send(answer);
         }
-        let appended: BTreeMap<Height, Hash> = group
-            .writes
-            .iter()
-            .filter_map(|write| match write {
-                Write::AppendBlock(block) => Some((block.height, block.hash)),
-                _ => None,
-            })
-            .collect();
-        for ready in group.readies {
-            for outgoing in ready.messages {
-                self.transport.send(outgoing.to, outgoing.message);
-            }
-            for fetch in ready.fetches {
-                self.transport.fetch(fetch.peer, fetch.from);
-            }
-            for reply in ready.replies {
-                self.answer(reply, &appended);
-            }
+        for outgoing in group.messages {
+            self.transport.send(outgoing.to, outgoing.message);
+        }
+        for reply in group.replies {
+            self.answer(reply, &group.appended);
         }
         for read in group.reads {
             read(self);

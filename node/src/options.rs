@@ -151,7 +151,11 @@ mod tests {
     use super::*;
 
     fn parse(arguments: &[&str]) -> Result<Settings> {
+        // Explicit flags, so a BENMO_* variable in the environment cannot change the outcome.
         let mut all = vec!["benmo-node"];
+        if !arguments.contains(&"--cluster") {
+            all.extend_from_slice(&["--cluster", DEFAULT_CLUSTER]);
+        }
         all.extend_from_slice(arguments);
         Options::try_parse_from(all)?.settings()
     }

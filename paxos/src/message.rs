@@ -138,6 +138,22 @@ pub struct Forward {
 }
 
 impl Message {
+    /// Whether the message vouches for state the sender wrote in the same step, so it must not
+    /// leave before those writes are durable:
+    ///
+    /// - a Promise and an Accepted are the acceptor's promise and vote (Paxos' safety rests on
+    ///   them surviving a crash);
+    /// - a Prepare and an Accept carry a ballot whose promise the sender just wrote: sent before
+    ///   that is durable, a crash could let the node reuse the ballot for other values.
+    ///
+    /// Heartbeats, forwards, refusals and decisions vouch for nothing not already durable.
+    pub fn vouches_for_writes(&self) -> bool {
+        matches!(
+            self,
+            Message::Prepare(_) | Message::Promise(_) | Message::Accept(_) | Message::Accepted(_)
+        )
+    }
+
     /// The message's name, for logs and counters.
     pub fn kind(&self) -> &'static str {
         match self {

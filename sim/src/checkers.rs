@@ -119,18 +119,26 @@ impl HashLinks {
         Ok(())
     }
 
-    /// Durability of decided blocks: a restarted node's chain must end exactly where it ended
-    /// before the crash (a decided block never changes and is never lost).
-    pub fn check_restart(&self, node: NodeId, height: Height, hash: Hash) -> Result<(), Violation> {
-        let (before_height, before_hash) = self.heads[node as usize - 1];
-        if (height, hash) != (before_height, before_hash) {
+    /// A restarted node's chain: it ends at a block the cluster chose at that height (a decided
+    /// block never changes), and it is where this node's chain continues from. Blocks that had
+    /// not reached the disk are legitimately gone; the node fetches them again.
+    pub fn restart(
+        &mut self,
+        node: NodeId,
+        height: Height,
+        hash: Hash,
+        chosen: Option<Hash>,
+    ) -> Result<(), Violation> {
+        let (before, _) = self.heads[node as usize - 1];
+        if height > before || chosen != Some(hash) {
             return violation(
                 "decided-blocks-durable",
                 format!(
-                    "node {node} restarted at block {height} {hash:?}, it had block {before_height} {before_hash:?}"
+                    "node {node} restarted at block {height} {hash:?}; before the crash it had reached block {before}, and the cluster chose {chosen:?} there"
                 ),
             );
         }
+        self.heads[node as usize - 1] = (height, hash);
         Ok(())
     }
 }

@@ -24,6 +24,8 @@ pub type Millis = u64;
 
 /// The heartbeat interval: one core tick.
 pub const TICK_MS: Millis = 50;
+/// The longest a simulated fsync takes.
+const DISK_SYNC_MS_MAX: Millis = 2;
 /// The most blocks a node serves for one catch-up fetch.
 pub const CATCH_UP_BLOCKS_MAX: usize = 64;
 /// A client that hears nothing for this long asks again, at another node.
@@ -103,6 +105,8 @@ enum Event {
         client: usize,
         attempt: u32,
     },
+    /// A node's fsync completes (for the given incarnation of the node).
+    Flush(NodeId, u64),
     Fault,
     Restart(NodeId),
     Heal {
@@ -114,10 +118,22 @@ enum Event {
     EndFaults,
 }
 
+/// One step's output that waits for the disk: its writes, and what may leave only after them.
+struct Unflushed {
+    writes: Vec<Write>,
+    messages: Vec<benmo_paxos::Outgoing>,
+    replies: Vec<Reply>,
+}
+
 struct SimNode {
     config: Config,
     replica: Option<Replica>,
+    /// What has reached the disk: all a crash leaves.
     disk: MemoryStorage,
+    /// Steps whose writes are still on their way to the disk, oldest first.
+    unflushed: std::collections::VecDeque<Unflushed>,
+    /// How many of the oldest unflushed steps the fsync in progress covers.
+    flushing: Option<usize>,
     /// Clients waiting for an answer about a transfer id.
     waiting: BTreeMap<TransferId, Vec<usize>>,
     /// Bumped on every restart so ticks of an earlier life are ignored.
@@ -218,6 +234,8 @@ impl World {
                 config,
                 replica: None,
                 disk,
+                unflushed: std::collections::VecDeque::new(),
+                flushing: None,
                 waiting: BTreeMap::new(),
                 incarnation: 0,
             });
@@ -587,6 +605,7 @@ impl World {
                 }
                 Ok(())
             }
+            Event::Flush(id, incarnation) => self.flush(id, incarnation),
             Event::Fault => {
                 self.inject_fault();
                 Ok(())
@@ -636,7 +655,8 @@ impl World {
         let (height, hash) = (replica.ledger().height(), replica.ledger().head_hash());
         node.replica = Some(replica);
         node.incarnation += 1;
-        self.links.check_restart(id, height, hash)?;
+        let chosen = self.agreement.block(height).map(|block| block.hash);
+        self.links.restart(id, height, hash, chosen)?;
         let replica = self.nodes[id as usize - 1]
             .replica
             .as_ref()
@@ -653,6 +673,9 @@ impl World {
         if node.replica.take().is_none() {
             return;
         }
+        // Whatever had not reached the disk is gone, and so is what waited for it.
+        node.unflushed.clear();
+        node.flushing = None;
         self.stats.crashes += 1;
         let waiting: Vec<usize> = std::mem::take(&mut node.waiting)
             .into_values()
@@ -696,8 +719,8 @@ impl World {
         self.release(id, ready)
     }
 
-    /// Does what a correct host does with a step's output: checks and writes the batch, then
-    /// sends, fetches and answers.
+    /// Does what a correct host does with a step's output: checks the blocks, sends at once what
+    /// may leave at once, and queues the writes (and what waits for them) for the disk.
     fn release(&mut self, id: NodeId, ready: Ready) -> Result<(), Violation> {
         for block in ready.appended_blocks() {
             self.links.observe(id, block)?;
@@ -709,22 +732,33 @@ impl World {
             let summary = summarize(&ready);
             self.note(|| format!("node {id}: {summary}"));
         }
-        let node = &mut self.nodes[id as usize - 1];
-        node.disk.write(&ready.writes).map_err(|error| Violation {
-            checker: "storage",
-            detail: format!("node {id} wrote a batch its disk refuses: {error}"),
-        })?;
-        for outgoing in &ready.messages {
-            self.promises.observe_sent(id, &outgoing.message);
-        }
-        for outgoing in ready.messages {
-            self.send(id, outgoing.to, Packet::Paxos(outgoing.message));
-        }
-        for Fetch { peer, from } in ready.fetches {
+        let Ready {
+            writes,
+            messages,
+            messages_after_writes,
+            fetches,
+            replies,
+            replies_after_writes,
+            events: _,
+        } = ready;
+        self.send_all(id, messages);
+        for Fetch { peer, from } in fetches {
             self.send(id, peer, Packet::FetchRequest { from });
         }
-        for reply in ready.replies {
+        for reply in replies {
             self.answer(id, reply);
+        }
+        let waits = !writes.is_empty()
+            || !messages_after_writes.is_empty()
+            || !replies_after_writes.is_empty();
+        if waits {
+            let node = &mut self.nodes[id as usize - 1];
+            node.unflushed.push_back(Unflushed {
+                writes,
+                messages: messages_after_writes,
+                replies: replies_after_writes,
+            });
+            self.start_flush(id);
         }
         let replica = self.nodes[id as usize - 1]
             .replica
@@ -732,6 +766,51 @@ impl World {
             .expect("a node that stepped is up");
         self.promises.check(id, replica)?;
         check_node_total(id, replica, self.model.total())?;
+        Ok(())
+    }
+
+    fn send_all(&mut self, id: NodeId, messages: Vec<benmo_paxos::Outgoing>) {
+        for outgoing in &messages {
+            self.promises.observe_sent(id, &outgoing.message);
+        }
+        for outgoing in messages {
+            self.send(id, outgoing.to, Packet::Paxos(outgoing.message));
+        }
+    }
+
+    /// Starts an fsync of everything unflushed, unless one is in progress (group commit: steps
+    /// that arrive meanwhile wait for the next one).
+    fn start_flush(&mut self, id: NodeId) {
+        let node = &mut self.nodes[id as usize - 1];
+        if node.flushing.is_some() || node.unflushed.is_empty() {
+            return;
+        }
+        node.flushing = Some(node.unflushed.len());
+        let incarnation = node.incarnation;
+        let latency = self.rng.random_range(0..=DISK_SYNC_MS_MAX);
+        self.schedule(latency, Event::Flush(id, incarnation));
+    }
+
+    /// An fsync completes: its steps' writes are durable, and what waited for them leaves.
+    fn flush(&mut self, id: NodeId, incarnation: u64) -> Result<(), Violation> {
+        let node = &mut self.nodes[id as usize - 1];
+        if node.replica.is_none() || node.incarnation != incarnation {
+            return Ok(());
+        }
+        let covered = node.flushing.take().unwrap_or(0);
+        let batches: Vec<Unflushed> = node.unflushed.drain(..covered).collect();
+        for batch in batches {
+            let node = &mut self.nodes[id as usize - 1];
+            node.disk.write(&batch.writes).map_err(|error| Violation {
+                checker: "storage",
+                detail: format!("node {id} wrote a batch its disk refuses: {error}"),
+            })?;
+            self.send_all(id, batch.messages);
+            for reply in batch.replies {
+                self.answer(id, reply);
+            }
+        }
+        self.start_flush(id);
         Ok(())
     }
 
@@ -1096,7 +1175,7 @@ fn summarize(ready: &Ready) -> String {
             Write::RemovePending(id) => format!("pending - {id}"),
         });
     }
-    for outgoing in &ready.messages {
+    for outgoing in ready.all_messages() {
         let detail = match &outgoing.message {
             Message::Heartbeat(_) | Message::HeartbeatReply(_) => continue,
             Message::Prepare(prepare) => format!("prepare {}", prepare.ballot),

@@ -62,7 +62,7 @@ impl Replica {
     }
 
     fn reply(&mut self, transfer: &Transfer, result: Result<Committed, ProposeError>) {
-        self.ready.replies.push(Reply {
+        self.answer(Reply {
             id: transfer.id.clone(),
             result,
         });

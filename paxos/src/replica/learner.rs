@@ -90,7 +90,7 @@ impl Replica {
             self.ready
                 .writes
                 .push(Write::RemovePending(entry.transfer.id.clone()));
-            self.ready.replies.push(Reply {
+            self.answer(Reply {
                 id: entry.transfer.id.clone(),
                 result,
             });

@@ -172,18 +172,29 @@ pub enum Event {
     },
 }
 
-/// What one step produced. The host makes `writes` durable (one atomic batch) before it sends
-/// `messages`, issues `fetches` or answers `replies`.
+/// What one step produced, and when the host may release each part.
+///
+/// `writes` must become durable as one atomic batch, after the batches of every earlier step.
+/// Items in the `..._after_writes` lists vouch for state in those writes (a promise, a vote, a
+/// ballot not to be reused), so the host releases them only once this step's writes, and every
+/// earlier step's, are durable. Everything else may leave at once, even while the writes are
+/// still on their way to disk: decisions and the answers derived from them rest only on votes
+/// that were durable before they were counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// One atomic batch of durable writes.
     pub writes: Vec<Write>,
-    /// Messages to send once the writes are durable.
+    /// Messages that may be sent at once.
     pub messages: Vec<Outgoing>,
+    /// Messages to send only once the writes are durable (Prepare, Promise, Accept, Accepted).
+    pub messages_after_writes: Vec<Outgoing>,
     /// Blocks to fetch from peers.
     pub fetches: Vec<Fetch>,
-    /// Answers to clients.
+    /// Answers to clients that may be sent at once.
     pub replies: Vec<Reply>,
+    /// Answers to clients to send only once the writes are durable. Only a single-node cluster,
+    /// whose own fresh vote is a majority, has any.
+    pub replies_after_writes: Vec<Reply>,
     /// Things worth a log line.
     pub events: Vec<Event>,
 }
@@ -193,9 +204,16 @@ impl Ready {
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
             && self.messages.is_empty()
+            && self.messages_after_writes.is_empty()
             && self.fetches.is_empty()
             && self.replies.is_empty()
+            && self.replies_after_writes.is_empty()
             && self.events.is_empty()
+    }
+
+    /// Every message, whenever it may leave.
+    pub fn all_messages(&self) -> impl Iterator<Item = &Outgoing> {
+        self.messages.iter().chain(&self.messages_after_writes)
     }
 
     /// The blocks this step appended to the chain.
@@ -464,7 +482,22 @@ impl Replica {
 
     fn send(&mut self, to: NodeId, message: Message) {
         debug_assert_ne!(to, self.config.id);
-        self.ready.messages.push(Outgoing { to, message });
+        let outgoing = Outgoing { to, message };
+        if outgoing.message.vouches_for_writes() {
+            self.ready.messages_after_writes.push(outgoing);
+        } else {
+            self.ready.messages.push(outgoing);
+        }
+    }
+
+    /// Answers a client. Answers wait for the step's writes only where this node's own vote,
+    /// possibly written in this very step, is the whole majority.
+    fn answer(&mut self, reply: Reply) {
+        if self.config.majority() == 1 {
+            self.ready.replies_after_writes.push(reply);
+        } else {
+            self.ready.replies.push(reply);
+        }
     }
 
     fn broadcast(&mut self, message: Message) {

@@ -37,8 +37,7 @@ fn receive(replica: &mut Replica, from: NodeId, message: Message) -> Ready {
 
 fn messages_to(ready: &Ready, to: NodeId) -> Vec<&Message> {
     ready
-        .messages
-        .iter()
+        .all_messages()
         .filter(|outgoing| outgoing.to == to)
         .map(|outgoing| &outgoing.message)
         .collect()
@@ -273,8 +272,7 @@ fn a_candidate_behind_a_promiser_catches_up_before_proposing() {
     assert_eq!(ready.fetches, vec![Fetch { peer: 2, from: 1 }]);
     assert!(
         !ready
-            .messages
-            .iter()
+            .all_messages()
             .any(|outgoing| matches!(outgoing.message, Message::Accept(_))),
         "slots 1..=4 are decided elsewhere: nothing may be proposed for them"
     );
@@ -382,7 +380,7 @@ fn invalid_transfers_are_refused_at_once_and_change_nothing() {
     let mut replica = fresh(1, 5);
     let ready = replica.step(Input::Propose(transfer("x", 1, 9, 5)));
     assert!(ready.writes.is_empty());
-    assert!(ready.messages.is_empty());
+    assert_eq!(ready.all_messages().count(), 0);
     assert_eq!(
         ready.replies,
         vec![Reply {
@@ -563,7 +561,7 @@ fn messages_from_outside_the_cluster_are_dropped() {
     });
     for from in [0, 1, 4] {
         let ready = receive(&mut replica, from, prepare.clone());
-        assert!(ready.writes.is_empty() && ready.messages.is_empty());
+        assert!(ready.writes.is_empty() && ready.all_messages().count() == 0);
         assert!(matches!(ready.events[..], [Event::MessageRejected { .. }]));
     }
     let impossible = Message::Prepare(Prepare {
@@ -571,13 +569,52 @@ fn messages_from_outside_the_cluster_are_dropped() {
         decided: 0,
     });
     let ready = receive(&mut replica, 2, impossible);
-    assert!(ready.writes.is_empty() && ready.messages.is_empty());
+    assert!(ready.writes.is_empty() && ready.all_messages().count() == 0);
     assert_eq!(replica.promised(), Ballot::ZERO);
     let heartbeat = Message::Heartbeat(Heartbeat {
         round: 1,
         decided: 0,
     });
     assert_eq!(receive(&mut replica, 2, heartbeat).messages.len(), 1);
+}
+
+#[test]
+fn only_messages_that_vouch_for_fresh_writes_wait_for_them() {
+    // Persist before you speak: a promise and a vote must be durable before they are sent.
+    let mut replica = fresh(2, 3);
+    let ballot = Ballot::new(3, 1);
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Prepare(Prepare { ballot, decided: 0 }),
+    );
+    assert!(ready.messages.is_empty());
+    assert!(matches!(
+        ready.messages_after_writes[..],
+        [Outgoing {
+            to: 1,
+            message: Message::Promise(_)
+        }]
+    ));
+    // A decision rests on votes that were durable before they were counted: it goes at once,
+    // and so does the answer to the client.
+    let mut leader = leader(3);
+    let ballot = leader.election.ballot();
+    let proposed = leader.step(Input::Propose(transfer("a", 1, 2, 5)));
+    assert!(proposed
+        .messages_after_writes
+        .iter()
+        .all(|outgoing| matches!(outgoing.message, Message::Accept(_))));
+    assert_eq!(proposed.messages_after_writes.len(), 2);
+    let decided = receive(
+        &mut leader,
+        2,
+        Message::Accepted(Accepted { ballot, slot: 1 }),
+    );
+    assert!(decided.messages_after_writes.is_empty());
+    assert_eq!(decided.messages.len(), 2, "Decide to both peers");
+    assert_eq!(decided.replies.len(), 1);
+    assert!(decided.replies_after_writes.is_empty());
 }
 
 #[test]
