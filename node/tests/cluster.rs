@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::{leader, Cluster, PATIENCE};
@@ -399,56 +399,6 @@ fn refused_start(cluster: &Cluster, id: u32, data_dir: &std::path::Path) -> Stri
     std::fs::read_to_string(&log).unwrap_or_default()[before..].to_string()
 }
 
-/// A client that keeps one transfer in flight and retries it, with the same id, until it gets an
-/// answer. Returns what was acknowledged: id -> height.
-async fn steady_client(cluster: &Cluster, client: u32, until: Instant) -> BTreeMap<String, u64> {
-    let mut acknowledged = BTreeMap::new();
-    let mut sequence = 0;
-    while Instant::now() < until {
-        sequence += 1;
-        let id = format!("c{client}-{sequence}");
-        let from = client % 5 + 1;
-        let to = (client + sequence) % 5 + 1;
-        let to = if to == from { to % 5 + 1 } else { to };
-        let mut attempt = 0;
-        let started = Instant::now();
-        loop {
-            attempt += 1;
-            let node = ((client + attempt) % 5 + 1).to_string();
-            let (code, json) = cluster
-                .ctl_json(&[
-                    "--node",
-                    &node,
-                    "--rpc-timeout-ms",
-                    "1000",
-                    "transfer",
-                    "--from",
-                    &from.to_string(),
-                    "--to",
-                    &to.to_string(),
-                    "--amount",
-                    "1",
-                    "--id",
-                    &id,
-                    "--timeout-ms",
-                    "2000",
-                ])
-                .await;
-            if code == 0 || code == 1 {
-                if json["committed"] == true {
-                    acknowledged.insert(id.clone(), json["height"].as_u64().unwrap());
-                }
-                break;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "transfer {id} never answered: {json}"
-            );
-        }
-    }
-    acknowledged
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_transfers_under_faults_are_all_kept_after_the_heal() {
     let mut cluster = Cluster::start(5).await;
@@ -487,7 +437,11 @@ async fn concurrent_transfers_under_faults_are_all_kept_after_the_heal() {
         cluster.spawn(node);
         cluster.wait_until_serving(node).await;
     }
-    let top = acknowledged.values().copied().max().unwrap_or(0);
+    let top = acknowledged
+        .values()
+        .map(|(height, _)| *height)
+        .max()
+        .unwrap_or(0);
     let status = cluster.wait_until_converged(top).await;
     let height = status[0]["height"].as_u64().unwrap();
     assert!(
@@ -495,41 +449,12 @@ async fn concurrent_transfers_under_faults_are_all_kept_after_the_heal() {
         "too few transfers got through: {}",
         acknowledged.len()
     );
-
     let (code, report) = cluster.ctl_json(&["verify"]).await;
     assert_eq!(code, 0, "{report}");
-    // Every acknowledged transfer is in the chain exactly once, at the height it was acknowledged.
-    let mut seen: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for node in 1..=5u32 {
-        let (code, chain) = cluster
-            .ctl_json(&["--node", &node.to_string(), "chain"])
-            .await;
-        assert_eq!(code, 0);
-        let blocks = chain["blocks"].as_array().unwrap();
-        assert_eq!(blocks.len() as u64, height + 1, "node {node}");
-        if node == 1 {
-            for block in blocks {
-                for transfer in block["transfers"].as_array().unwrap() {
-                    seen.entry(transfer["id"].as_str().unwrap().to_string())
-                        .or_default()
-                        .push((
-                            block["height"].as_u64().unwrap(),
-                            transfer["outcome"]["status"].as_str().unwrap().to_string(),
-                        ));
-                }
-            }
-        }
-    }
-    for (id, height) in &acknowledged {
-        let appearances = seen
-            .get(id)
-            .unwrap_or_else(|| panic!("acknowledged {id} is missing"));
-        let applied: BTreeSet<u64> = appearances
-            .iter()
-            .filter(|(_, status)| status == "applied")
-            .map(|(height, _)| *height)
-            .collect();
-        assert_eq!(applied, BTreeSet::from([*height]), "{id}: {appearances:?}");
+    for node in 1..=5 {
+        let chain_height =
+            support::assert_acknowledged_in_chain(&cluster.cluster, node, &acknowledged).await;
+        assert_eq!(chain_height, height, "node {node}");
     }
     println!(
         "{} transfers acknowledged, chain height {height}, all found exactly once",
@@ -537,12 +462,13 @@ async fn concurrent_transfers_under_faults_are_all_kept_after_the_heal() {
     );
 }
 
-async fn futures_join(cluster: &Cluster, until: Instant) -> Vec<BTreeMap<String, u64>> {
+async fn futures_join(cluster: &Cluster, until: Instant) -> Vec<support::Acknowledged> {
+    let list = &cluster.cluster;
     let (a, b, c, d) = tokio::join!(
-        steady_client(cluster, 1, until),
-        steady_client(cluster, 2, until),
-        steady_client(cluster, 3, until),
-        steady_client(cluster, 4, until),
+        support::steady_client(list, 5, 1, until),
+        support::steady_client(list, 5, 2, until),
+        support::steady_client(list, 5, 3, until),
+        support::steady_client(list, 5, 4, until),
     );
     vec![a, b, c, d]
 }

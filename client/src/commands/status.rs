@@ -93,7 +93,7 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
         let _ = render::json(terminal.out, &json!({ "nodes": nodes }));
     } else {
         let mut table = Table::new(&[
-            "NODE", "STATE", "ROLE", "LEADER", "BALLOT", "HEIGHT", "HEAD", "PENDING", "CUT",
+            "NODE", "STATE", "ROLE", "LEADER", "PROMISED", "HEIGHT", "HEAD", "PENDING", "CUT",
         ]);
         for (node, result) in &results {
             match result {
@@ -110,7 +110,7 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
                         .leader
                         .as_ref()
                         .map_or("-".to_string(), |ballot| ballot.node.to_string()),
-                    render::ballot(status.ballot.as_ref()),
+                    render::ballot(status.promised.as_ref()),
                     status.height.to_string(),
                     render::short(&render::hash_bytes(&status.head_hash)),
                     status.pending.to_string(),

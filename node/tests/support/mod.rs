@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -162,30 +163,12 @@ impl Cluster {
 
     /// Runs benmoctl against this cluster.
     pub async fn ctl(&self, arguments: &[&str]) -> Run {
-        let mut all = vec!["benmoctl", "--cluster", &self.cluster];
-        all.extend_from_slice(arguments);
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let code = {
-            let mut terminal = benmoctl::Terminal {
-                out: &mut out,
-                err: &mut err,
-            };
-            benmoctl::run(all, &mut terminal).await
-        };
-        Run {
-            code,
-            out: String::from_utf8_lossy(&out).to_string(),
-            err: String::from_utf8_lossy(&err).to_string(),
-        }
+        ctl(&self.cluster, arguments).await
     }
 
     /// Runs benmoctl with `--output json` and returns the exit code and the JSON.
     pub async fn ctl_json(&self, arguments: &[&str]) -> (i32, Value) {
-        let mut all = vec!["--output", "json"];
-        all.extend_from_slice(arguments);
-        let run = self.ctl(&all).await;
-        (run.code, run.json())
+        ctl_json(&self.cluster, arguments).await
     }
 
     /// Every node's status, as benmoctl reports it.
@@ -271,6 +254,140 @@ impl Cluster {
         assert_eq!(code, 0, "transfer {from}->{to} {amount} failed: {json}");
         json
     }
+}
+
+/// Runs benmoctl (in-process) against the cluster list `cluster`.
+pub async fn ctl(cluster: &str, arguments: &[&str]) -> Run {
+    let mut all = vec!["benmoctl", "--cluster", cluster];
+    all.extend_from_slice(arguments);
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let code = {
+        let mut terminal = benmoctl::Terminal {
+            out: &mut out,
+            err: &mut err,
+        };
+        benmoctl::run(all, &mut terminal).await
+    };
+    Run {
+        code,
+        out: String::from_utf8_lossy(&out).to_string(),
+        err: String::from_utf8_lossy(&err).to_string(),
+    }
+}
+
+/// Runs benmoctl with `--output json` and returns the exit code and the JSON.
+pub async fn ctl_json(cluster: &str, arguments: &[&str]) -> (i32, Value) {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(arguments);
+    let run = ctl(cluster, &all).await;
+    (run.code, run.json())
+}
+
+/// What a client was told about a committed transfer: the block, and the outcome status
+/// ("applied", or "rejected" when the ledger refused it for funds).
+pub type Acknowledged = BTreeMap<String, (u64, String)>;
+
+/// A client that keeps one transfer in flight until `until`, retrying each one with the same id
+/// (at another node each time) until it gets an answer. Returns what was acknowledged as
+/// committed.
+pub async fn steady_client(cluster: &str, nodes: u32, client: u32, until: Instant) -> Acknowledged {
+    let mut acknowledged = BTreeMap::new();
+    let mut sequence = 0;
+    while Instant::now() < until {
+        sequence += 1;
+        let id = format!("c{client}-{sequence}");
+        let from = client % nodes + 1;
+        let to = (client + sequence) % nodes + 1;
+        let to = if to == from { to % nodes + 1 } else { to };
+        let mut attempt = 0;
+        let started = Instant::now();
+        loop {
+            attempt += 1;
+            let node = ((client + attempt) % nodes + 1).to_string();
+            let (code, json) = ctl_json(
+                cluster,
+                &[
+                    "--node",
+                    &node,
+                    "--rpc-timeout-ms",
+                    "1000",
+                    "transfer",
+                    "--from",
+                    &from.to_string(),
+                    "--to",
+                    &to.to_string(),
+                    "--amount",
+                    "1",
+                    "--id",
+                    &id,
+                    "--timeout-ms",
+                    "2000",
+                ],
+            )
+            .await;
+            if code == 0 || code == 1 {
+                if json["committed"] == true {
+                    let status = json["outcome"]["status"].as_str().unwrap().to_string();
+                    acknowledged.insert(id.clone(), (json["height"].as_u64().unwrap(), status));
+                }
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "transfer {id} never answered: {json}"
+            );
+        }
+    }
+    acknowledged
+}
+
+/// Reads node `node`'s chain and returns, for every transfer id in it, each (height, outcome).
+pub async fn chain_index(cluster: &str, node: u32) -> (u64, BTreeMap<String, Vec<(u64, String)>>) {
+    let (code, chain) = ctl_json(cluster, &["--node", &node.to_string(), "chain"]).await;
+    assert_eq!(code, 0, "chain of node {node}: {chain}");
+    let blocks = chain["blocks"].as_array().expect("blocks");
+    let mut seen: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for block in blocks {
+        for transfer in block["transfers"].as_array().expect("transfers") {
+            seen.entry(transfer["id"].as_str().expect("id").to_string())
+                .or_default()
+                .push((
+                    block["height"].as_u64().expect("height"),
+                    transfer["outcome"]["status"]
+                        .as_str()
+                        .expect("status")
+                        .to_string(),
+                ));
+        }
+    }
+    (blocks.len() as u64 - 1, seen)
+}
+
+/// Checks from outside that every acknowledged transfer is in `node`'s chain exactly once (any
+/// further copy is marked a duplicate), at the height and with the outcome it was acknowledged
+/// with. Returns the chain's height.
+pub async fn assert_acknowledged_in_chain(
+    cluster: &str,
+    node: u32,
+    acknowledged: &Acknowledged,
+) -> u64 {
+    let (height, seen) = chain_index(cluster, node).await;
+    for (id, (at, status)) in acknowledged {
+        let appearances = seen
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged transfer {id} is missing from the chain"));
+        let ordered: Vec<&(u64, String)> = appearances
+            .iter()
+            .filter(|(_, outcome)| outcome != "duplicate")
+            .collect();
+        assert_eq!(
+            ordered,
+            vec![&(*at, status.clone())],
+            "{id}: {appearances:?}"
+        );
+    }
+    height
 }
 
 /// The node that leads with the highest ballot, in a status list.
