@@ -142,6 +142,14 @@ pub struct BenchArgs {
     /// The amount of every transfer.
     #[arg(long, default_value_t = 1, value_parser = parse_amount, allow_negative_numbers = true)]
     pub amount: u64,
+    /// Measure failover instead of load: this many times, crash the leader and time how long
+    /// until a transfer sent right after the crash commits.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub failover_rounds: Option<u32>,
+    /// With --failover-rounds: the shell command that brings a crashed node back ({node} is
+    /// replaced by its id), e.g. "benmoctl local start {node}" or "docker compose start node{node}".
+    #[arg(long, requires = "failover_rounds")]
+    pub restart_command: Option<String>,
 }
 
 /// `local`'s subcommands.

@@ -102,6 +102,15 @@ fn percentile(sorted: &[u64], quantile: f64) -> f64 {
 }
 
 pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Terminal<'_>) -> i32 {
+    if let Some(rounds) = arguments.failover_rounds {
+        return failover(
+            context,
+            rounds,
+            arguments.restart_command.as_deref(),
+            terminal,
+        )
+        .await;
+    }
     let accounts = context.nodes.cluster().size();
     if accounts < 2 {
         let _ = writeln!(terminal.err, "error: a bench needs at least two accounts");
@@ -170,4 +179,164 @@ pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Termina
     } else {
         exit::OK
     }
+}
+
+/// How long failover rounds wait for a leader, or for a restarted node to answer.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The node that leads with the highest ballot, and a node that is up and does not lead.
+async fn leader_and_survivor(context: &Context) -> Option<(NodeId, NodeId)> {
+    let statuses = super::status::fetch(context).await;
+    let up: Vec<(NodeId, &proto::StatusReply)> = statuses
+        .iter()
+        .filter_map(|(node, result)| result.as_ref().ok().map(|status| (*node, status)))
+        .collect();
+    let leader = up
+        .iter()
+        .filter(|(_, status)| status.role == proto::Role::Leader as i32)
+        .max_by_key(|(_, status)| status.ballot.map(|ballot| (ballot.round, ballot.node)))
+        .map(|(node, _)| *node)?;
+    let survivor = up
+        .iter()
+        .map(|(node, _)| *node)
+        .find(|node| *node != leader)?;
+    Some((leader, survivor))
+}
+
+async fn wait_for<T, F, Fut>(mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    while started.elapsed() < FAILOVER_PATIENCE {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Crashes the leader `rounds` times and times how long until a transfer sent right after each
+/// crash commits at a surviving node: detection, election and the commit itself.
+async fn failover(
+    context: &Context,
+    rounds: u32,
+    restart_command: Option<&str>,
+    terminal: &mut Terminal<'_>,
+) -> i32 {
+    let nodes = context.nodes.cluster().size();
+    if restart_command.is_none() && rounds > (nodes - 1) / 2 {
+        let _ = writeln!(
+            terminal.err,
+            "error: {rounds} rounds would crash a majority of {nodes} nodes; pass --restart-command to bring each crashed leader back"
+        );
+        return exit::USAGE;
+    }
+    let run = format!("failover-{:08x}", rand::rng().next_u32());
+    let mut times_ms = Vec::new();
+    for round in 1..=rounds {
+        let Some((leader, survivor)) = wait_for(|| leader_and_survivor(context)).await else {
+            let _ = writeln!(
+                terminal.err,
+                "error: round {round}: no leader within {} s",
+                FAILOVER_PATIENCE.as_secs()
+            );
+            return exit::FAILED;
+        };
+        let accounts = (1..=nodes)
+            .filter(|node| *node != leader)
+            .take(2)
+            .collect::<Vec<_>>();
+        if let Ok(mut faults) = context.nodes.faults(leader) {
+            let _ = faults.crash(proto::CrashRequest {}).await;
+        }
+        let crashed = Instant::now();
+        let request = proto::TransferRequest {
+            transfer: Some(proto::Transfer {
+                id: format!("{run}-{round}"),
+                from: accounts[0],
+                to: accounts[1],
+                amount: 1,
+            }),
+            timeout_ms: FAILOVER_PATIENCE.as_millis() as u32,
+        };
+        let reply = match context
+            .nodes
+            .ledger_with_timeout(survivor, FAILOVER_PATIENCE + Duration::from_secs(5))
+        {
+            Ok(mut client) => client
+                .transfer(request)
+                .await
+                .map(|response| response.into_inner().result),
+            Err(error) => {
+                let _ = writeln!(terminal.err, "error: {error}");
+                return exit::UNREACHABLE;
+            }
+        };
+        let elapsed_ms = crashed.elapsed().as_secs_f64() * 1_000.0;
+        match reply {
+            Ok(Some(Reply::Committed(_))) => {
+                let _ = writeln!(
+                    terminal.err,
+                    "round {round}: crashed leader node {leader}; a transfer at node {survivor} committed {elapsed_ms:.0} ms later"
+                );
+                times_ms.push(elapsed_ms);
+            }
+            other => {
+                let _ = writeln!(
+                    terminal.err,
+                    "error: round {round}: the transfer after the crash did not commit: {other:?}"
+                );
+                return exit::FAILED;
+            }
+        }
+        if let Some(command) = restart_command {
+            let command = command.replace("{node}", &leader.to_string());
+            let status = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .status()
+                .await;
+            if !matches!(status, Ok(status) if status.success()) {
+                let _ = writeln!(
+                    terminal.err,
+                    "error: restart command {command:?} failed: {status:?}"
+                );
+                return exit::FAILED;
+            }
+            let back = wait_for(|| async {
+                let mut client = context.nodes.ledger(leader).ok()?;
+                client
+                    .status(proto::StatusRequest {})
+                    .await
+                    .ok()
+                    .map(|_| ())
+            })
+            .await;
+            if back.is_none() {
+                let _ = writeln!(
+                    terminal.err,
+                    "error: node {leader} did not come back after {command:?}"
+                );
+                return exit::FAILED;
+            }
+        }
+    }
+    times_ms.sort_by(f64::total_cmp);
+    let median = times_ms[times_ms.len() / 2];
+    let (min, max) = (times_ms[0], times_ms[times_ms.len() - 1]);
+    if context.format == Format::Json {
+        let _ = render::json(
+            terminal.out,
+            &json!({ "rounds": rounds, "failover_ms": times_ms, "failover_ms_median": median, "failover_ms_min": min, "failover_ms_max": max }),
+        );
+    } else {
+        let _ = writeln!(
+            terminal.out,
+            "failover after a leader crash, {rounds} rounds: median {median:.0} ms, min {min:.0} ms, max {max:.0} ms"
+        );
+    }
+    exit::OK
 }
