@@ -146,9 +146,14 @@ pub struct BenchArgs {
     /// until a transfer sent right after the crash commits.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub failover_rounds: Option<u32>,
-    /// With --failover-rounds: the shell command that brings a crashed node back ({node} is
-    /// replaced by its id), e.g. "benmoctl local start {node}" or "docker compose start node{node}".
-    #[arg(long, requires = "failover_rounds")]
+    /// Measure catch-up instead of load: crash a follower, commit at least this many blocks
+    /// without it, restart it and time how long it takes to fetch and apply them.
+    #[arg(long, conflicts_with = "failover_rounds", requires = "restart_command", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub catch_up_blocks: Option<u64>,
+    /// With --failover-rounds or --catch-up-blocks: the shell command that brings a crashed node
+    /// back ({node} is replaced by its id), e.g. "benmoctl local start {node}" or
+    /// "docker compose start node{node}".
+    #[arg(long)]
     pub restart_command: Option<String>,
 }
 

@@ -111,6 +111,17 @@ pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Termina
         )
         .await;
     }
+    match (arguments.catch_up_blocks, &arguments.restart_command) {
+        (Some(blocks), Some(command)) => return catch_up(context, blocks, command, terminal).await,
+        (None, Some(_)) => {
+            let _ = writeln!(
+                terminal.err,
+                "error: --restart-command goes with --failover-rounds or --catch-up-blocks"
+            );
+            return exit::USAGE;
+        }
+        _ => {}
+    }
     let accounts = context.nodes.cluster().size();
     if accounts < 2 {
         let _ = writeln!(terminal.err, "error: a bench needs at least two accounts");
@@ -293,33 +304,8 @@ async fn failover(
             }
         }
         if let Some(command) = restart_command {
-            let command = command.replace("{node}", &leader.to_string());
-            let status = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(&command)
-                .status()
-                .await;
-            if !matches!(status, Ok(status) if status.success()) {
-                let _ = writeln!(
-                    terminal.err,
-                    "error: restart command {command:?} failed: {status:?}"
-                );
-                return exit::FAILED;
-            }
-            let back = wait_for(|| async {
-                let mut client = context.nodes.ledger(leader).ok()?;
-                client
-                    .status(proto::StatusRequest {})
-                    .await
-                    .ok()
-                    .map(|_| ())
-            })
-            .await;
-            if back.is_none() {
-                let _ = writeln!(
-                    terminal.err,
-                    "error: node {leader} did not come back after {command:?}"
-                );
+            if let Err(message) = restart(context, leader, command).await {
+                let _ = writeln!(terminal.err, "error: {message}");
                 return exit::FAILED;
             }
         }
@@ -336,6 +322,139 @@ async fn failover(
         let _ = writeln!(
             terminal.out,
             "failover after a leader crash, {rounds} rounds: median {median:.0} ms, min {min:.0} ms, max {max:.0} ms"
+        );
+    }
+    exit::OK
+}
+
+/// Runs the restart command for `node` and waits until the node answers.
+async fn restart(context: &Context, node: NodeId, command: &str) -> Result<(), String> {
+    let command = command.replace("{node}", &node.to_string());
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .status()
+        .await;
+    if !matches!(status, Ok(status) if status.success()) {
+        return Err(format!("restart command {command:?} failed: {status:?}"));
+    }
+    match wait_for(|| height_of(context, node)).await {
+        Some(_) => Ok(()),
+        None => Err(format!("node {node} did not come back after {command:?}")),
+    }
+}
+
+async fn height_of(context: &Context, node: NodeId) -> Option<u64> {
+    let mut client = context.nodes.ledger(node).ok()?;
+    client
+        .status(proto::StatusRequest {})
+        .await
+        .ok()
+        .map(|response| response.into_inner().height)
+}
+
+/// Crashes a follower, commits at least `blocks` blocks without it, restarts it, and times how
+/// long it takes to reach the height the cluster had when it came back.
+async fn catch_up(
+    context: &Context,
+    blocks: u64,
+    restart_command: &str,
+    terminal: &mut Terminal<'_>,
+) -> i32 {
+    let Some((leader, follower)) = wait_for(|| leader_and_survivor(context)).await else {
+        let _ = writeln!(
+            terminal.err,
+            "error: no leader within {} s",
+            FAILOVER_PATIENCE.as_secs()
+        );
+        return exit::FAILED;
+    };
+    if let Ok(mut faults) = context.nodes.faults(follower) {
+        let _ = faults.crash(proto::CrashRequest {}).await;
+    }
+    let Some(start) = height_of(context, leader).await else {
+        let _ = writeln!(terminal.err, "error: node {leader} stopped answering");
+        return exit::UNREACHABLE;
+    };
+    let goal = start + blocks;
+    let accounts = context.nodes.cluster().size();
+    let run = format!("catch-up-{:08x}", rand::rng().next_u32());
+    // A small concurrent load at the leader: many blocks of few transfers each.
+    let mut tasks = JoinSet::new();
+    for index in 0..4u64 {
+        let nodes = context.nodes.clone();
+        let run = run.clone();
+        tasks.spawn(async move {
+            let Ok(mut ledger) = nodes.ledger_with_timeout(leader, Duration::from_secs(15)) else {
+                return;
+            };
+            for sequence in 0u64.. {
+                let from = ((index + sequence) % u64::from(accounts)) as u32 + 1;
+                let to = from % accounts + 1;
+                let request = proto::TransferRequest {
+                    transfer: Some(proto::Transfer {
+                        id: format!("{run}-{index}-{sequence}"),
+                        from,
+                        to,
+                        amount: 1,
+                    }),
+                    timeout_ms: TRANSFER_TIMEOUT_MS,
+                };
+                match ledger
+                    .transfer(request)
+                    .await
+                    .map(|response| response.into_inner().result)
+                {
+                    Ok(Some(Reply::Committed(committed))) if committed.height >= goal => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let Some(target) = height_of(context, leader)
+        .await
+        .filter(|height| *height >= goal)
+    else {
+        let _ = writeln!(
+            terminal.err,
+            "error: the cluster did not reach height {goal} without node {follower}"
+        );
+        return exit::FAILED;
+    };
+    let restarted = Instant::now();
+    if let Err(message) = restart(context, follower, restart_command).await {
+        let _ = writeln!(terminal.err, "error: {message}");
+        return exit::FAILED;
+    }
+    let serving_ms = restarted.elapsed().as_secs_f64() * 1_000.0;
+    let caught_up = wait_for(|| async {
+        height_of(context, follower)
+            .await
+            .filter(|height| *height >= target)
+    })
+    .await;
+    if caught_up.is_none() {
+        let _ = writeln!(
+            terminal.err,
+            "error: node {follower} did not reach height {target}"
+        );
+        return exit::FAILED;
+    }
+    let elapsed = restarted.elapsed().as_secs_f64();
+    let missed = target - start;
+    let rate = missed as f64 / elapsed;
+    if context.format == Format::Json {
+        let _ = render::json(
+            terminal.out,
+            &json!({ "node": follower, "blocks_missed": missed, "serving_ms": serving_ms, "caught_up_ms": elapsed * 1_000.0, "blocks_per_s": rate }),
+        );
+    } else {
+        let _ = writeln!(
+            terminal.out,
+            "node {follower} missed {missed} blocks; after its restart it served again in {serving_ms:.0} ms and was at height {target} in {:.0} ms ({rate:.0} blocks/s, restart included)",
+            elapsed * 1_000.0
         );
     }
     exit::OK
