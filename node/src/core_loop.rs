@@ -207,6 +207,7 @@ impl CoreLoop {
             if now >= next_tick {
                 self.step(&mut group, Input::Tick);
                 self.log_decided();
+                self.forget_abandoned_waiters();
                 next_tick += self.heartbeat;
                 if next_tick < now {
                     // The loop fell behind (a long fsync): skip the missed ticks.
@@ -259,11 +260,23 @@ impl CoreLoop {
             }
             Command::Blocks { from, blocks } => self.step(group, Input::Blocks { from, blocks }),
             Command::Transfer { transfer, waiter } => {
-                self.waiters
-                    .entry(transfer.id.clone())
-                    .or_default()
-                    .push(waiter);
-                self.step(group, Input::Propose(transfer));
+                let id = transfer.id.clone();
+                let mut ready = self.replica.step(Input::Propose(transfer));
+                // A refusal of this very proposal (malformed, id reused, busy) answers this
+                // caller only: others waiting on the same id wait for their own transfer.
+                let refused = ready
+                    .replies
+                    .iter()
+                    .position(|reply| reply.id == id && reply.result.is_err());
+                match refused {
+                    Some(index) => {
+                        if let Err(error) = ready.replies.remove(index).result {
+                            let _ = waiter.send(Err(error));
+                        }
+                    }
+                    None => self.waiters.entry(id).or_default().push(waiter),
+                }
+                self.absorb(group, ready);
             }
             Command::Status(sender) => group.reads.push(Box::new(move |core: &CoreLoop| {
                 let _ = sender.send(NodeStatus {
@@ -371,6 +384,14 @@ impl CoreLoop {
         for waiter in waiters {
             let _ = waiter.send(result.clone());
         }
+    }
+
+    /// Drops the waiters of Transfer calls that timed out (the client got "still pending").
+    fn forget_abandoned_waiters(&mut self) {
+        self.waiters.retain(|_, waiters| {
+            waiters.retain(|waiter| !waiter.is_closed());
+            !waiters.is_empty()
+        });
     }
 
     fn log_decided(&mut self) {

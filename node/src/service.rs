@@ -25,7 +25,7 @@ use crate::core_loop::{self, Command, CoreHandle, CoreLoop, ReplyKind, TransferR
 use crate::links::{Direction, Links};
 use crate::options::Settings;
 use crate::storage::{ChainReader, Identity, SledStorage};
-use crate::transport::{Transport, CATCH_UP_BLOCKS_MAX};
+use crate::transport::{Transport, CATCH_UP_BLOCKS_MAX, PEER_MESSAGE_BYTES_MAX};
 
 /// How long a peer RPC waits for the core loop's answer.
 const PEER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -136,7 +136,11 @@ impl Node {
             let mut sent = 0u64;
             loop {
                 let remaining = limit.map_or(u64::MAX, |limit| limit - sent);
-                let until = to.map_or(u64::MAX, |to| to.saturating_sub(next).saturating_add(1));
+                let until = match to {
+                    None => u64::MAX,
+                    Some(to) if next > to => 0,
+                    Some(to) => to - next + 1,
+                };
                 let count = (CHAIN_CHUNK_BLOCKS as u64).min(remaining).min(until) as usize;
                 if count == 0 {
                     return;
@@ -592,7 +596,11 @@ pub async fn serve(settings: Settings) -> Result<()> {
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(PeerServiceServer::new(node.clone()))
+        .add_service(
+            PeerServiceServer::new(node.clone())
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        )
         .add_service(LedgerServiceServer::new(node.clone()))
         .add_service(FaultServiceServer::new(node))
         .serve_with_incoming(

@@ -250,9 +250,6 @@ impl SledStorage {
                 path: path.to_path_buf(),
             });
         }
-        if !initialized {
-            write_marker(&marker, identity)?;
-        }
         if storage.height.is_none() {
             storage.write(&[Write::AppendBlock(identity.genesis())])?;
             // The directory entries of sled's files must be durable too.
@@ -262,6 +259,11 @@ impl SledStorage {
                     path: path.to_path_buf(),
                     source,
                 })?;
+        }
+        // Written only once the genesis is durable: a crash before this point leaves a directory
+        // that simply initializes again.
+        if !initialized {
+            write_marker(&marker, identity)?;
         }
         Ok(storage)
     }
@@ -469,6 +471,8 @@ impl Storage for SledStorage {
         let mut batch = sled::Batch::default();
         let mut promised = self.promised;
         let mut height = self.height;
+        // Slots accepted earlier in this batch: a scan of the tree cannot see them yet.
+        let mut accepted_here = std::collections::BTreeSet::new();
         for write in writes {
             match write {
                 Write::Promise(ballot) => {
@@ -484,17 +488,21 @@ impl Storage for SledStorage {
                         key(ACCEPTED, &slot.to_be_bytes()),
                         encode_accepted(*ballot, value),
                     );
+                    accepted_here.insert(*slot);
                 }
                 Write::AppendBlock(block) => {
-                    // Accepted values at or below the block are settled. Earlier writes of this
-                    // same batch are not visible to the scan, but the core never accepts at or
-                    // below a height it appends in the same step.
+                    // Accepted values at or below the block are settled: those already stored,
+                    // and those written earlier in this very batch.
                     for stale in self
                         .tree
                         .range(key(ACCEPTED, &[])..=key(ACCEPTED, &block.height.to_be_bytes()))
                         .keys()
                     {
                         batch.remove(stale?);
+                    }
+                    let later = accepted_here.split_off(&(block.height + 1));
+                    for slot in std::mem::replace(&mut accepted_here, later) {
+                        batch.remove(key(ACCEPTED, &slot.to_be_bytes()));
                     }
                     batch.insert(
                         key(CHAIN, &block.height.to_be_bytes()),

@@ -28,6 +28,9 @@ const PEER_CALLS_MAX: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a call may take before it counts as lost.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest peer message, either way. A Promise carries every value its acceptor accepted
+/// above its height, which can be many blocks: far above gRPC's default of 4 MiB.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 enum Outbound {
     Message(Message),
@@ -64,7 +67,9 @@ impl Transport {
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
             let peer_sender = PeerSender {
                 peer,
-                client: PeerServiceClient::new(channel),
+                client: PeerServiceClient::new(channel)
+                    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
                 header: convert::header(id, genesis_hash),
                 links: links.clone(),
                 core: core.clone(),

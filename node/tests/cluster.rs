@@ -41,6 +41,28 @@ async fn a_transfer_commits_and_every_node_agrees_on_the_balances() {
     assert!(run.out.starts_with("committed transfer t-"), "{}", run.out);
     let verify = cluster.ctl(&["verify"]).await;
     assert_eq!(verify.code, 0, "{verify:?}");
+
+    // Chain ranges are exact, at both ends.
+    let heights = |json: serde_json::Value| -> Vec<u64> {
+        json["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|block| block["height"].as_u64().unwrap())
+            .collect()
+    };
+    let (code, json) = cluster
+        .ctl_json(&["chain", "--from", "1", "--to", "1"])
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(heights(json), vec![1]);
+    let (_, json) = cluster.ctl_json(&["chain", "--to", "0"]).await;
+    assert_eq!(heights(json), vec![0]);
+    let (_, json) = cluster.ctl_json(&["--node", "1", "chain"]).await;
+    let head = *heights(json.clone()).last().unwrap();
+    assert_eq!(heights(json), (0..=head).collect::<Vec<_>>());
+    let backwards = cluster.ctl(&["chain", "--from", "2", "--to", "1"]).await;
+    assert_eq!(backwards.code, 2, "{backwards:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,17 +186,22 @@ async fn a_restarted_node_catches_up_and_verify_passes() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let follower = if leader == 3 { 2 } else { 3 };
-    cluster.kill(follower);
-    let mut height = 0;
-    for round in 0..20 {
-        let from = if round % 2 == 0 {
-            leader
-        } else {
-            6 - leader - follower
-        };
-        let json = cluster.transfer(from, follower, 1).await;
-        height = json["height"].as_u64().unwrap();
-    }
+    // The follower is killed in the middle of a load, so it dies with writes in flight.
+    let until = Instant::now() + Duration::from_secs(3);
+    let load = async {
+        let (a, b) = tokio::join!(
+            support::steady_client(&cluster.cluster, 3, 1, until),
+            support::steady_client(&cluster.cluster, 3, 2, until),
+        );
+        a.into_iter().chain(b).collect::<support::Acknowledged>()
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let run = cluster.ctl(&["crash", &follower.to_string()]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+    };
+    let (acknowledged, ()) = tokio::join!(load, kill);
+    cluster.reap(follower);
     let verify = cluster.ctl(&["verify"]).await;
     assert_eq!(
         verify.code, 0,
@@ -183,6 +210,9 @@ async fn a_restarted_node_catches_up_and_verify_passes() {
     assert!(verify
         .err
         .contains(&format!("node {follower} is unreachable")));
+    let height = cluster.transfer(leader, follower, 1).await["height"]
+        .as_u64()
+        .unwrap();
     cluster.spawn(follower);
     cluster.wait_until_serving(follower).await;
     cluster.wait_until_converged(height).await;
@@ -192,9 +222,10 @@ async fn a_restarted_node_catches_up_and_verify_passes() {
     for node in report["nodes"].as_array().unwrap() {
         assert_eq!(node["behind"], 0, "{report}");
     }
+    assert!(acknowledged.len() >= 10, "{}", acknowledged.len());
+    support::assert_acknowledged_in_chain(&cluster.cluster, follower, &acknowledged).await;
     let (_, list) = balances(&cluster, follower).await;
     assert_eq!(list.iter().sum::<u64>(), 300);
-    assert_eq!(list[follower as usize - 1], 120);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,26 +283,49 @@ async fn sever_shows_in_status_and_a_minority_partition_waits_for_the_heal() {
     let (_, log) = cluster.ctl_json(&["--node", "1", "log"]).await;
     assert_eq!(log["nodes"][0]["pending"][0]["id"], "minority-1");
 
-    let run = cluster.ctl(&["heal", "--all"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    // The transfer left pending in the minority commits after the heal, exactly once.
-    let again = cluster
-        .ctl_json(&[
-            "--node",
-            "1",
-            "transfer",
-            "--from",
-            "1",
-            "--to",
-            "5",
-            "--amount",
-            "2",
-            "--id",
-            "minority-1",
-            "--timeout-ms",
-            "20000",
-        ])
-        .await;
+    // A client waits on the pending transfer at node 1 while another client reuses its id for a
+    // different transfer: only the second is refused, and the first commits after the heal,
+    // exactly once.
+    let waiting = cluster.ctl_json(&[
+        "--node",
+        "1",
+        "transfer",
+        "--from",
+        "1",
+        "--to",
+        "5",
+        "--amount",
+        "2",
+        "--id",
+        "minority-1",
+        "--timeout-ms",
+        "20000",
+    ]);
+    let interfere_then_heal = async {
+        // A round trip to node 1 first, so the waiting call (sent first) is in before the reuse.
+        let (code, _) = cluster.ctl_json(&["--node", "1", "log"]).await;
+        assert_eq!(code, 0);
+        let reused = cluster
+            .ctl(&[
+                "--node",
+                "1",
+                "transfer",
+                "--from",
+                "1",
+                "--to",
+                "5",
+                "--amount",
+                "3",
+                "--id",
+                "minority-1",
+            ])
+            .await;
+        assert_eq!(reused.code, 1, "{reused:?}");
+        assert!(reused.err.contains("already used"), "{reused:?}");
+        let run = cluster.ctl(&["heal", "--all"]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+    };
+    let (again, ()) = tokio::join!(waiting, interfere_then_heal);
     assert_eq!(again.0, 0, "{}", again.1);
     let height = again.1["height"].as_u64().unwrap();
     cluster.wait_until_converged(height).await;
@@ -307,9 +361,16 @@ async fn assert_commits_under(cluster: &Cluster, cuts: &[(u32, u32)], probe: u32
         ])
         .await;
     assert_eq!(code, 0, "{shape}: {json}");
+    let elapsed = started.elapsed();
     println!(
         "{shape}: committed again {} ms after the cut",
-        started.elapsed().as_millis()
+        elapsed.as_millis()
+    );
+    // The simulator holds the protocol to 3 election timeouts (1.2 s); real processes on a
+    // loaded two-core machine get slack, but not the transfer's whole 10 s.
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "{shape}: committed again only after {elapsed:?}"
     );
     let run = cluster.ctl(&["heal", "--all"]).await;
     assert_eq!(run.code, 0);
@@ -358,7 +419,7 @@ async fn a_data_directory_of_another_node_or_a_corrupted_one_is_refused() {
     cluster.transfer(1, 2, 1).await;
     cluster.kill(1);
     cluster.kill(2);
-    let message = refused_start(&cluster, 1, &cluster.data_dir(2));
+    let message = refused_start(&cluster, 1, &cluster.data_dir(2)).await;
     assert!(
         message.contains("belongs to node 2 of a 3-node cluster"),
         "{message}"
@@ -367,34 +428,28 @@ async fn a_data_directory_of_another_node_or_a_corrupted_one_is_refused() {
     let data_file = cluster.data_dir(1).join("db");
     let length = std::fs::metadata(&data_file).unwrap().len() as usize;
     std::fs::write(&data_file, vec![0x5a; length]).unwrap();
-    let message = refused_start(&cluster, 1, &cluster.data_dir(1));
+    let message = refused_start(&cluster, 1, &cluster.data_dir(1)).await;
     assert!(message.contains("refusing to start"), "{message}");
 }
 
 /// Starts node `id` on `data_dir`, expects it to exit with an error on its own, and returns
 /// what it logged. A node that keeps running fails the test (and is killed).
-fn refused_start(cluster: &Cluster, id: u32, data_dir: &std::path::Path) -> String {
+async fn refused_start(cluster: &Cluster, id: u32, data_dir: &std::path::Path) -> String {
     let log = cluster.log_path(id);
     let before = std::fs::read_to_string(&log).unwrap_or_default().len();
-    let mut child = cluster
-        .command(id, data_dir)
+    let mut child = tokio::process::Command::from(cluster.command(id, data_dir))
+        .kill_on_drop(true)
         .spawn()
         .expect("run benmo-node");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap_or_else(|_| {
             panic!(
                 "node {id} started on {} instead of refusing",
                 data_dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+            )
+        })
+        .expect("wait for benmo-node");
     assert!(!status.success());
     std::fs::read_to_string(&log).unwrap_or_default()[before..].to_string()
 }

@@ -12,7 +12,9 @@ pub mod checkers;
 pub mod scenarios;
 pub mod world;
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 
 use benmo_paxos::PlantedBugs;
 
@@ -41,7 +43,7 @@ pub fn run_seed(seed: u64, nodes: u32, planted_bugs: PlantedBugs, trace: bool) -
         vary_config: true,
     };
     let mut world = World::new(options);
-    let outcome = catch_unwind(AssertUnwindSafe(|| world.run_random()));
+    let outcome = quietly(|| catch_unwind(AssertUnwindSafe(|| world.run_random())));
     let result = match outcome {
         Ok(result) => result,
         Err(panic) => Err(Violation {
@@ -54,6 +56,29 @@ pub fn run_seed(seed: u64, nodes: u32, planted_bugs: PlantedBugs, trace: bool) -
         result,
         stats: world.stats().clone(),
     }
+}
+
+thread_local! {
+    /// Set while this thread runs a seed: the report carries the panic's message instead.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `body` with panic messages of this thread silenced; other threads (say, a failing test)
+/// still print theirs.
+fn quietly<T>(body: impl FnOnce() -> T) -> T {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                default(info);
+            }
+        }));
+    });
+    QUIET.with(|quiet| quiet.set(true));
+    let result = body();
+    QUIET.with(|quiet| quiet.set(false));
+    result
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -799,12 +799,16 @@ impl World {
         }
         let covered = node.flushing.take().unwrap_or(0);
         let batches: Vec<Unflushed> = node.unflushed.drain(..covered).collect();
+        // Group commit, as the node does it: every covered step's writes in one atomic batch.
+        let writes: Vec<Write> = batches
+            .iter()
+            .flat_map(|batch| batch.writes.iter().cloned())
+            .collect();
+        node.disk.write(&writes).map_err(|error| Violation {
+            checker: "storage",
+            detail: format!("node {id} wrote a batch its disk refuses: {error}"),
+        })?;
         for batch in batches {
-            let node = &mut self.nodes[id as usize - 1];
-            node.disk.write(&batch.writes).map_err(|error| Violation {
-                checker: "storage",
-                detail: format!("node {id} wrote a batch its disk refuses: {error}"),
-            })?;
             self.send_all(id, batch.messages);
             for reply in batch.replies {
                 self.answer(id, reply);

@@ -2,34 +2,48 @@
 //! violation within a bounded number of seeds. A checker that never fails proves nothing.
 
 use benmo_paxos::{PlantedBug, PlantedBugs};
-use benmo_sim::run_seed;
+use benmo_sim::{run_seed, Violation};
 
 /// How many seeds a planted bug may survive before the test fails.
 const SEEDS_MAX: u64 = 100;
 
-/// Runs seeds until one reports a violation; returns the seed and the checker that caught it.
-fn first_violation(bug: PlantedBug, nodes: u32) -> Option<(u64, &'static str)> {
+/// Runs seeds until one reports a violation; returns the seed and the violation.
+fn first_violation(bug: PlantedBug, nodes: u32) -> Option<(u64, Violation)> {
     (0..SEEDS_MAX).find_map(|seed| {
         let report = run_seed(seed, nodes, PlantedBugs::only(bug), false);
-        report
-            .result
-            .err()
-            .map(|violation| (seed, violation.checker))
+        report.result.err().map(|violation| (seed, violation))
     })
 }
 
 fn assert_found(bug: PlantedBug, expected_checkers: &[&str]) {
-    std::panic::set_hook(Box::new(|_| {}));
-    let found = first_violation(bug, 5);
-    let _ = std::panic::take_hook();
-    let Some((seed, checker)) = found else {
+    let Some((seed, violation)) = first_violation(bug, 5) else {
         panic!("planted bug {} survived {SEEDS_MAX} seeds", bug.name());
     };
-    println!("{}: found at seed {seed} by {checker}", bug.name());
+    println!(
+        "{}: found at seed {seed} by {}: {}",
+        bug.name(),
+        violation.checker,
+        violation.detail
+    );
     assert!(
-        expected_checkers.contains(&checker),
-        "{} was caught by {checker}, expected one of {expected_checkers:?}",
-        bug.name()
+        expected_checkers.contains(&violation.checker),
+        "{} was caught by {}, expected one of {expected_checkers:?}",
+        bug.name(),
+        violation.checker
+    );
+    if violation.checker == "core-assertion" {
+        // Only the core's own agreement assertion counts, not any panic.
+        assert!(
+            violation.detail.contains("agreement violated"),
+            "{violation:?}"
+        );
+    }
+    // The same seed without the bug passes: the violation is the bug's doing.
+    let clean = run_seed(seed, 5, PlantedBugs::default(), false);
+    assert!(
+        clean.result.is_ok(),
+        "seed {seed} fails without the bug too: {:?}",
+        clean.result
     );
 }
 

@@ -11,8 +11,8 @@ use crate::types::{Ballot, Height, NodeId};
 
 /// How far above its own height an acceptor stores accepted values. A node further behind than
 /// this declines to vote (a majority does not need it) and catches up first, so a peer cannot make
-/// it hold unbounded state.
-pub(super) const ACCEPT_AHEAD_MAX: Height = 100_000;
+/// it hold unbounded state, and its promises stay small enough to send.
+pub(super) const ACCEPT_AHEAD_MAX: Height = 4_096;
 
 impl Replica {
     /// Phase 1b. Paxos: promise not to accept ballots below `ballot`, and report every value

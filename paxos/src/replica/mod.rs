@@ -176,10 +176,10 @@ pub enum Event {
 ///
 /// `writes` must become durable as one atomic batch, after the batches of every earlier step.
 /// Items in the `..._after_writes` lists vouch for state in those writes (a promise, a vote, a
-/// ballot not to be reused), so the host releases them only once this step's writes, and every
-/// earlier step's, are durable. Everything else may leave at once, even while the writes are
-/// still on their way to disk: decisions and the answers derived from them rest only on votes
-/// that were durable before they were counted.
+/// ballot not to be reused, a block a client is told about), so the host releases them only once
+/// this step's writes, and every earlier step's, are durable. Everything else may leave at once,
+/// even while the writes are still on their way to disk: a Decide rests only on votes that were
+/// durable before they were counted, and heartbeats, forwards and refusals vouch for nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// One atomic batch of durable writes.
@@ -190,10 +190,9 @@ pub struct Ready {
     pub messages_after_writes: Vec<Outgoing>,
     /// Blocks to fetch from peers.
     pub fetches: Vec<Fetch>,
-    /// Answers to clients that may be sent at once.
+    /// Refusals of client transfers, which may be sent at once.
     pub replies: Vec<Reply>,
-    /// Answers to clients to send only once the writes are durable. Only a single-node cluster,
-    /// whose own fresh vote is a majority, has any.
+    /// Commit acknowledgements, to send only once the writes are durable.
     pub replies_after_writes: Vec<Reply>,
     /// Things worth a log line.
     pub events: Vec<Event>,
@@ -490,10 +489,11 @@ impl Replica {
         }
     }
 
-    /// Answers a client. Answers wait for the step's writes only where this node's own vote,
-    /// possibly written in this very step, is the whole majority.
+    /// Answers a client. A commit acknowledgement waits for the step's writes, so the block it
+    /// names is on this node's disk before the client hears of it (and, in a one-node cluster,
+    /// so is the vote that decided it); a refusal depends on nothing written and goes at once.
     fn answer(&mut self, reply: Reply) {
-        if self.config.majority() == 1 {
+        if reply.result.is_ok() {
             self.ready.replies_after_writes.push(reply);
         } else {
             self.ready.replies.push(reply);

@@ -337,7 +337,7 @@ fn a_majority_decides_and_the_client_is_answered() {
         .writes
         .contains(&Write::RemovePending(TransferId::new("a").unwrap())));
     assert_eq!(
-        ready.replies,
+        ready.replies_after_writes,
         vec![Reply {
             id: TransferId::new("a").unwrap(),
             result: Ok(Committed {
@@ -417,7 +417,7 @@ fn a_retried_id_gets_the_first_outcome_and_a_reused_id_is_refused() {
     let retry = replica.step(Input::Propose(transfer("a", 1, 2, 5)));
     assert!(retry.writes.is_empty());
     assert_eq!(
-        retry.replies[0].result,
+        retry.replies_after_writes[0].result,
         Ok(Committed {
             height: 1,
             outcome: Outcome::Applied
@@ -596,8 +596,8 @@ fn only_messages_that_vouch_for_fresh_writes_wait_for_them() {
             message: Message::Promise(_)
         }]
     ));
-    // A decision rests on votes that were durable before they were counted: it goes at once,
-    // and so does the answer to the client.
+    // A decision rests on votes that were durable before they were counted: it goes at once.
+    // The client's acknowledgement waits until the block is on this node's disk.
     let mut leader = leader(3);
     let ballot = leader.election.ballot();
     let proposed = leader.step(Input::Propose(transfer("a", 1, 2, 5)));
@@ -613,8 +613,12 @@ fn only_messages_that_vouch_for_fresh_writes_wait_for_them() {
     );
     assert!(decided.messages_after_writes.is_empty());
     assert_eq!(decided.messages.len(), 2, "Decide to both peers");
-    assert_eq!(decided.replies.len(), 1);
-    assert!(decided.replies_after_writes.is_empty());
+    assert!(decided.replies.is_empty());
+    assert_eq!(decided.replies_after_writes.len(), 1);
+    // A refusal waits for nothing.
+    let refused = leader.step(Input::Propose(transfer("b", 1, 9, 5)));
+    assert_eq!(refused.replies.len(), 1);
+    assert!(refused.replies_after_writes.is_empty());
 }
 
 #[test]

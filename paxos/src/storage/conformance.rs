@@ -134,9 +134,27 @@ fn accepted_values_survive_and_are_dropped_by_blocks<H: Harness>(harness: &mut H
             Write::AppendBlock(blocks[2].clone()),
         ],
     );
-    let store = harness.reopen(store);
+    let mut store = harness.reopen(store);
     let accepted = store.acceptor_state().expect("read").accepted;
     assert_eq!(accepted.keys().copied().collect::<Vec<_>>(), vec![3]);
+
+    // A value accepted and decided within one batch (group commit) leaves nothing behind.
+    let (more, _) = chain(4);
+    write(
+        &mut store,
+        &[
+            Write::Accept {
+                slot: 4,
+                ballot: later,
+                batch: batch(3, &["d"]),
+            },
+            Write::AppendBlock(more[3].clone()),
+            Write::AppendBlock(more[4].clone()),
+        ],
+    );
+    let store = harness.reopen(store);
+    let accepted = store.acceptor_state().expect("read").accepted;
+    assert!(accepted.is_empty(), "{accepted:?}");
 }
 
 fn blocks_read_back_in_ranges<H: Harness>(harness: &mut H) {

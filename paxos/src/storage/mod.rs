@@ -76,14 +76,6 @@ pub enum RestoreError<E: std::error::Error + 'static> {
     /// The stored chain does not verify.
     #[error("the stored chain is broken: {0}")]
     Chain(#[source] ChainError),
-    /// A stored accepted value sits at or below the chain's head.
-    #[error("accepted value for slot {slot} is at or below the chain's head {height}")]
-    StaleAccepted {
-        /// The slot of the stray value.
-        slot: Height,
-        /// The chain's height.
-        height: Height,
-    },
 }
 
 /// Everything a node needs from disk to resume, checked.
@@ -126,13 +118,9 @@ pub fn restore<S: Storage>(
             }
         }
     }
-    if let Some((&slot, _)) = acceptor.accepted.iter().next() {
-        if slot <= ledger.height() {
-            return Err(RestoreError::StaleAccepted {
-                slot,
-                height: ledger.height(),
-            });
-        }
-    }
+    let mut acceptor = acceptor;
+    // A value accepted for a slot the chain already holds is settled: the block is what was
+    // decided there. Stores drop such values with the block; one left behind is harmless.
+    acceptor.accepted = acceptor.accepted.split_off(&(ledger.height() + 1));
     Ok(Restored { acceptor, ledger })
 }
