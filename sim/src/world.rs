@@ -423,16 +423,7 @@ impl World {
 
     /// Processes events up to simulated time `until`.
     pub fn run_until(&mut self, until: Millis) -> Result<(), Violation> {
-        while let Some(entry) = self.queue.first_entry() {
-            let (time, _) = *entry.key();
-            if time > until {
-                break;
-            }
-            let event = entry.remove();
-            self.time = time;
-            self.stats.steps += 1;
-            self.process(event)?;
-        }
+        while self.step_before(until)? {}
         self.time = self.time.max(until);
         Ok(())
     }
@@ -444,23 +435,28 @@ impl World {
         limit: Millis,
         mut condition: impl FnMut(&World) -> bool,
     ) -> Result<Option<Millis>, Violation> {
-        loop {
-            if condition(self) {
-                return Ok(Some(self.time));
+        while !condition(self) {
+            if !self.step_before(limit)? {
+                return Ok(None);
             }
-            let Some(entry) = self.queue.first_entry() else {
-                break;
-            };
-            let (time, _) = *entry.key();
-            if time > limit {
-                break;
-            }
-            let event = entry.remove();
-            self.time = time;
-            self.stats.steps += 1;
-            self.process(event)?;
         }
-        Ok(condition(self).then_some(self.time))
+        Ok(Some(self.time))
+    }
+
+    /// Processes the next event if it is due by `limit`; returns whether there was one.
+    fn step_before(&mut self, limit: Millis) -> Result<bool, Violation> {
+        let Some(entry) = self.queue.first_entry() else {
+            return Ok(false);
+        };
+        let (time, _) = *entry.key();
+        if time > limit {
+            return Ok(false);
+        }
+        let event = entry.remove();
+        self.time = time;
+        self.stats.steps += 1;
+        self.process(event)?;
+        Ok(true)
     }
 
     /// After faults stop: every client's transfer is answered and every node holds the same chain,

@@ -29,6 +29,25 @@ fn check_node(context: &Context, node: NodeId, terminal: &mut Terminal<'_>) -> R
     Err(exit::USAGE)
 }
 
+/// Checks that `a` and `b` name a link: two different nodes of the cluster.
+fn check_link(
+    context: &Context,
+    a: NodeId,
+    b: NodeId,
+    terminal: &mut Terminal<'_>,
+) -> Result<(), i32> {
+    check_node(context, a, terminal)?;
+    check_node(context, b, terminal)?;
+    if a == b {
+        let _ = writeln!(
+            terminal.err,
+            "error: a node has no link to itself ({a} and {b})"
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(())
+}
+
 async fn is_up(context: &Context, node: NodeId) -> Result<bool, CallError> {
     let mut client = context.nodes.ledger(node)?;
     match client.status(proto::StatusRequest {}).await {
@@ -163,17 +182,8 @@ pub async fn sever(
     one_way: bool,
     terminal: &mut Terminal<'_>,
 ) -> i32 {
-    for node in [a, b] {
-        if let Err(code) = check_node(context, node, terminal) {
-            return code;
-        }
-    }
-    if a == b {
-        let _ = writeln!(
-            terminal.err,
-            "error: a node has no link to itself ({a} and {b})"
-        );
-        return exit::USAGE;
+    if let Err(code) = check_link(context, a, b, terminal) {
+        return code;
     }
     use proto::Direction::{Both, Incoming, Outgoing};
     let (plan, done) = if one_way {
@@ -205,17 +215,8 @@ pub async fn heal(context: &Context, arguments: HealArgs, terminal: &mut Termina
         let _ = writeln!(terminal.err, "error: name two nodes, or pass --all");
         return exit::USAGE;
     };
-    for node in [a, b] {
-        if let Err(code) = check_node(context, node, terminal) {
-            return code;
-        }
-    }
-    if a == b {
-        let _ = writeln!(
-            terminal.err,
-            "error: a node has no link to itself ({a} and {b})"
-        );
-        return exit::USAGE;
+    if let Err(code) = check_link(context, a, b, terminal) {
+        return code;
     }
     let plan = vec![(a, b, Both, false), (b, a, Both, false)];
     switches(context, &plan, &format!("healed {a} <-> {b}"), terminal).await
