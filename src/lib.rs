@@ -4,9 +4,11 @@
 //! - [`proto`]: the generated messages, clients and servers, and the descriptor set for reflection.
 //! - [`convert`]: protobuf to core and back; malformed messages are refused here, at the edge.
 //! - [`cluster`]: the `--cluster 1=http://host:port,...` list that nodes and benmoctl share.
+//! - [`dial`]: outgoing gRPC connections (nodes to peers, benmoctl to nodes).
 
 pub mod cluster;
 pub mod convert;
+pub mod dial;
 
 /// The generated gRPC code of package `benmo.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -6,7 +6,7 @@ use benmo::cluster::Cluster;
 use benmo::proto::fault_service_client::FaultServiceClient;
 use benmo::proto::ledger_service_client::LedgerServiceClient;
 use benmo_paxos::NodeId;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// How long connecting to a node may take before it counts as down.
@@ -72,17 +72,13 @@ impl Nodes {
 
     fn channel(&self, node: NodeId, timeout: Duration) -> Result<Channel, CallError> {
         let address = self.address(node);
-        let endpoint =
-            Endpoint::from_shared(address.clone()).map_err(|error| CallError::Unreachable {
+        benmo::dial::channel(&address, CONNECT_TIMEOUT, timeout).map_err(|error| {
+            CallError::Unreachable {
                 node,
                 address: address.clone(),
                 reason: error.to_string(),
-            })?;
-        Ok(endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy())
+            }
+        })
     }
 
     /// The address of `node` (empty if it is not in the cluster).

@@ -515,6 +515,31 @@ fn crash_now() -> ! {
     }
 }
 
+/// How many times, and how far apart, the node tries a port that is in use. A port in the
+/// ephemeral range (the defaults 50051..50055 are) can be held by someone else's outgoing
+/// connection, and then by its TIME_WAIT, for up to a minute (see `benmo::dial`); a port held by
+/// another server stays held, and the node gives up after that minute.
+const BIND_ATTEMPTS: u32 = 65;
+const BIND_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn bind(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let mut attempt = 1;
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && attempt < BIND_ATTEMPTS =>
+            {
+                warn!(
+                    "{address} is in use; trying again in a second ({attempt} of {BIND_ATTEMPTS})"
+                );
+                attempt += 1;
+                tokio::time::sleep(BIND_RETRY_INTERVAL).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Starts the node: opens and checks the data directory, restores the core, starts the core
 /// loop and the transport, and serves gRPC until the process ends.
 pub async fn serve(settings: Settings) -> Result<()> {
@@ -538,7 +563,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let pending = restored.acceptor.pending.len();
     let replica = Replica::new(core_config.clone(), restored, rand::rng().next_u64())?;
 
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+    let listener = bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
 

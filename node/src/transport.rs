@@ -12,7 +12,7 @@ use benmo::proto;
 use benmo::proto::peer_service_client::PeerServiceClient;
 use benmo_paxos::{Block, Hash, Height, Message, NodeId};
 use tokio::sync::{mpsc, Semaphore};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::debug;
 
 use crate::core_loop::{Command, CoreHandle};
@@ -54,15 +54,9 @@ impl Transport {
     ) -> anyhow::Result<Transport> {
         let mut queues = BTreeMap::new();
         for (peer, address) in cluster.iter().filter(|(peer, _)| *peer != id) {
-            let endpoint = Endpoint::from_shared(address.to_string())?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(CALL_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(1))
-                .keep_alive_timeout(Duration::from_secs(2));
             let channel = {
                 let _guard = runtime.enter();
-                endpoint.connect_lazy()
+                benmo::dial::channel(address, CONNECT_TIMEOUT, CALL_TIMEOUT)?
             };
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
             let peer_sender = PeerSender {
