@@ -65,8 +65,7 @@ async fn answer<T>(receiver: oneshot::Receiver<T>) -> Result<T, Status> {
 
 impl Node {
     /// Admits a peer request: a node of this cluster, not this node, on a link that is not cut.
-    fn admit(&self, caller: Result<convert::Caller, ConvertError>) -> Result<NodeId, Status> {
-        let caller = caller.map_err(invalid)?;
+    fn admit(&self, caller: convert::Caller) -> Result<NodeId, Status> {
         if caller.node == 0 || caller.node > self.nodes || caller.node == self.id {
             return Err(Status::permission_denied(format!(
                 "node {} is not a peer of node {} (cluster of {})",
@@ -177,11 +176,9 @@ impl PeerService for Node {
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatReply>, Status> {
-        let (caller, message) = split(convert::from_heartbeat(request.into_inner()));
+        let (caller, message) = convert::from_heartbeat(request.into_inner()).map_err(invalid)?;
         let from = self.admit(caller)?;
-        let answer = self
-            .exchange(from, message.map_err(invalid)?, ReplyKind::Heartbeat)
-            .await?;
+        let answer = self.exchange(from, message, ReplyKind::Heartbeat).await?;
         match answer {
             Some(Message::HeartbeatReply(reply)) => {
                 Ok(Response::new(convert::heartbeat_reply(&reply)))
@@ -194,11 +191,9 @@ impl PeerService for Node {
         &self,
         request: Request<proto::PrepareRequest>,
     ) -> Result<Response<proto::PrepareReply>, Status> {
-        let (caller, message) = split(convert::from_prepare(request.into_inner()));
+        let (caller, message) = convert::from_prepare(request.into_inner()).map_err(invalid)?;
         let from = self.admit(caller)?;
-        let answer = self
-            .exchange(from, message.map_err(invalid)?, ReplyKind::Prepare)
-            .await?;
+        let answer = self.exchange(from, message, ReplyKind::Prepare).await?;
         Ok(Response::new(convert::prepare_reply(answer.as_ref())))
     }
 
@@ -206,11 +201,9 @@ impl PeerService for Node {
         &self,
         request: Request<proto::AcceptRequest>,
     ) -> Result<Response<proto::AcceptReply>, Status> {
-        let (caller, message) = split(convert::from_accept(request.into_inner()));
+        let (caller, message) = convert::from_accept(request.into_inner()).map_err(invalid)?;
         let from = self.admit(caller)?;
-        let answer = self
-            .exchange(from, message.map_err(invalid)?, ReplyKind::Accept)
-            .await?;
+        let answer = self.exchange(from, message, ReplyKind::Accept).await?;
         Ok(Response::new(convert::accept_reply(answer.as_ref())))
     }
 
@@ -218,9 +211,9 @@ impl PeerService for Node {
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::DecideReply>, Status> {
-        let (caller, message) = split(convert::from_decide(request.into_inner()));
+        let (caller, message) = convert::from_decide(request.into_inner()).map_err(invalid)?;
         let from = self.admit(caller)?;
-        self.deliver(from, message.map_err(invalid)?)?;
+        self.deliver(from, message)?;
         Ok(Response::new(proto::DecideReply {}))
     }
 
@@ -228,9 +221,9 @@ impl PeerService for Node {
         &self,
         request: Request<proto::ForwardRequest>,
     ) -> Result<Response<proto::ForwardReply>, Status> {
-        let (caller, message) = split(convert::from_forward(request.into_inner()));
+        let (caller, message) = convert::from_forward(request.into_inner()).map_err(invalid)?;
         let from = self.admit(caller)?;
-        self.deliver(from, message.map_err(invalid)?)?;
+        self.deliver(from, message)?;
         Ok(Response::new(proto::ForwardReply {}))
     }
 
@@ -241,7 +234,7 @@ impl PeerService for Node {
         request: Request<proto::FetchBlocksRequest>,
     ) -> Result<Response<BlockStream>, Status> {
         let request = request.into_inner();
-        let from = self.admit(convert::caller(request.header))?;
+        let from = self.admit(convert::caller(request.header).map_err(invalid)?)?;
         if !self.links.sends_to(from) {
             return Err(Status::unavailable(format!(
                 "the link from node {} to node {from} is severed",
@@ -254,19 +247,6 @@ impl PeerService for Node {
             None,
             Some(limit),
         )))
-    }
-}
-
-/// Splits a converted request into the caller (checked first) and the message.
-fn split(
-    converted: Result<(convert::Caller, Message), ConvertError>,
-) -> (
-    Result<convert::Caller, ConvertError>,
-    Result<Message, ConvertError>,
-) {
-    match converted {
-        Ok((caller, message)) => (Ok(caller), Ok(message)),
-        Err(error) => (Err(error.clone()), Err(error)),
     }
 }
 
