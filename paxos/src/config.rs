@@ -106,7 +106,7 @@ impl Config {
             election_timeout_ticks_min: 4,
             election_timeout_ticks_max: 8,
             batch_transfers_max: 1_024,
-            in_flight_slots_max: 8,
+            in_flight_slots_max: 2,
             pending_transfers_max: 100_000,
             queue_transfers_max: 100_000,
             forward_retry_ticks: 10,
