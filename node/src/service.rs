@@ -577,7 +577,16 @@ pub async fn serve(settings: Settings) -> Result<()> {
     );
     std::thread::Builder::new()
         .name("benmo-core".to_string())
-        .spawn(move || core_loop.run())
+        .spawn(move || {
+            // A panic in the core is a broken invariant (say, two values decided for one slot).
+            // The node must not limp on without its core: the whole process ends, loudly.
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core_loop.run()));
+            if outcome.is_err() {
+                tracing::error!("the consensus core stopped on a broken invariant; exiting");
+                std::process::exit(70);
+            }
+        })
         .context("cannot start the core thread")?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
