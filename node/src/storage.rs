@@ -628,6 +628,29 @@ mod tests {
         directories: Vec<tempfile::TempDir>,
     }
 
+    /// Opens a store the test just dropped. sled's background threads can hold the file lock
+    /// for a moment after the last handle is gone (a real restart is a new process, where the
+    /// lock is gone with the old one), so this waits for the lock, and only for the lock: any
+    /// other error comes back at once.
+    fn reopen(
+        path: &Path,
+        identity: &Identity,
+        open: fn(&Path, &Identity) -> Result<SledStorage, StorageError>,
+    ) -> Result<SledStorage, StorageError> {
+        let started = std::time::Instant::now();
+        loop {
+            match open(path, identity) {
+                Err(StorageError::Sled(sled::Error::Io(error)))
+                    if error.to_string().contains("could not acquire lock")
+                        && started.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                result => return result,
+            }
+        }
+    }
+
     const IDENTITY: Identity = Identity {
         node: 1,
         nodes: 5,
@@ -647,7 +670,7 @@ mod tests {
         fn reopen(&mut self, store: SledStorage) -> SledStorage {
             let path = store.path.clone();
             drop(store);
-            SledStorage::open(&path, &IDENTITY).expect("reopen")
+            reopen(&path, &IDENTITY, SledStorage::open).expect("reopen")
         }
     }
 
@@ -679,11 +702,11 @@ mod tests {
             ..IDENTITY
         };
         assert!(matches!(
-            SledStorage::open(&path, &other_cluster),
+            reopen(&path, &other_cluster, SledStorage::open),
             Err(StorageError::WrongIdentity { .. })
         ));
         // The right identity still opens it.
-        assert!(SledStorage::open(&path, &IDENTITY).is_ok());
+        assert!(reopen(&path, &IDENTITY, SledStorage::open).is_ok());
     }
 
     #[test]
@@ -698,7 +721,7 @@ mod tests {
             }
         }
         assert!(matches!(
-            SledStorage::open_node(&path, &IDENTITY),
+            reopen(&path, &IDENTITY, SledStorage::open_node),
             Err(StorageError::Lost { .. })
         ));
     }
@@ -713,7 +736,7 @@ mod tests {
             db.flush().unwrap();
         }
         assert!(matches!(
-            SledStorage::open(&path, &IDENTITY),
+            reopen(&path, &IDENTITY, SledStorage::open),
             Err(StorageError::NotBenmo { .. })
         ));
     }
