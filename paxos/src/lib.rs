@@ -6,8 +6,8 @@
 //! - [`message`]: what nodes say to each other.
 //! - [`replica`]: the state machine itself. Inputs (ticks, messages, client proposals, fetched
 //!   blocks) go in through [`Replica::step`]; a [`Ready`] comes out: one atomic batch of durable
-//!   writes, then messages, fetches and client replies that the host releases only after the
-//!   writes are durable.
+//!   writes, and the messages, fetches and client replies of the step, those that vouch for the
+//!   writes marked to be released only once the writes are durable.
 //! - [`storage`]: the durable state as the core sees it, the [`Storage`] trait, an in-memory store
 //!   and the conformance suite every store must pass.
 //! - [`config`]: configuration and its limits.
