@@ -158,6 +158,8 @@ struct Group {
     messages: Vec<benmo_paxos::Outgoing>,
     replies: Vec<benmo_paxos::Reply>,
     peer_replies: Vec<(oneshot::Sender<Option<Message>>, Option<Message>)>,
+    /// Transfers to forward, by peer and hop count, sent together before the fsync.
+    forwards: BTreeMap<(NodeId, u32), Vec<Transfer>>,
     reads: Vec<Read>,
     steps: usize,
 }
@@ -226,6 +228,7 @@ impl CoreLoop {
                     Err(_) => break,
                 }
             }
+            self.send_forwards(&mut group);
             if let Err(error) = self.storage.write(&group.writes) {
                 error!(%error, "cannot write to the data directory; stopping");
                 std::process::exit(74);
@@ -333,7 +336,15 @@ impl CoreLoop {
         }
         group.writes.extend(writes);
         for outgoing in messages {
-            self.transport.send(outgoing.to, outgoing.message);
+            match outgoing.message {
+                // Transfers forwarded to the same peer in one group travel in one message.
+                Message::Forward(forward) => group
+                    .forwards
+                    .entry((outgoing.to, forward.hops))
+                    .or_default()
+                    .extend(forward.transfers),
+                message => self.transport.send(outgoing.to, message),
+            }
         }
         for fetch in fetches {
             self.transport.fetch(fetch.peer, fetch.from);
@@ -343,6 +354,21 @@ impl CoreLoop {
         }
         group.messages.extend(messages_after_writes);
         group.replies.extend(replies_after_writes);
+    }
+
+    /// Sends the group's forwarded transfers, one message per peer and hop count, each no larger
+    /// than a block.
+    fn send_forwards(&mut self, group: &mut Group) {
+        let limit = self.replica.config().batch_transfers_max;
+        for ((peer, hops), transfers) in std::mem::take(&mut group.forwards) {
+            for chunk in transfers.chunks(limit) {
+                let forward = benmo_paxos::message::Forward {
+                    transfers: chunk.to_vec(),
+                    hops,
+                };
+                self.transport.send(peer, Message::Forward(forward));
+            }
+        }
     }
 
     /// The group's writes are durable: release what waited for them.
