@@ -355,37 +355,11 @@ impl World {
         self.submitted.insert(id.clone(), transfer.clone());
         self.stats.submitted += 1;
         self.clients[client].outstanding = Some(Outstanding {
-            transfer: transfer.clone(),
-            malformed: false,
-            attempt: 1,
-        });
-        let delay = self.rng.random_range(1..=3);
-        self.schedule(
-            delay,
-            Event::ClientRequest {
-                client,
-                node,
-                transfer,
-            },
-        );
-        self.schedule(CLIENT_TIMEOUT_MS, Event::ClientRetry { client, attempt: 1 });
-        id
-    }
-
-    /// Submits one transfer from a new client and returns its id; the client retries until it
-    /// gets an answer.
-    pub fn submit(&mut self, transfer: Transfer) -> TransferId {
-        self.clients.push(SimClient::default());
-        let client = self.clients.len() - 1;
-        let id = transfer.id.clone();
-        self.submitted.insert(id.clone(), transfer.clone());
-        self.stats.submitted += 1;
-        self.clients[client].outstanding = Some(Outstanding {
             transfer,
             malformed: false,
             attempt: 0,
         });
-        self.send_client_request(client);
+        self.send_client_request_to(client, node);
         id
     }
 
@@ -929,14 +903,20 @@ impl World {
         (transfer, malformed)
     }
 
+    /// Sends the client's outstanding transfer to a random node.
     fn send_client_request(&mut self, client: usize) {
+        let node = self.rng.random_range(1..=self.options.nodes);
+        self.send_client_request_to(client, node);
+    }
+
+    /// Sends the client's outstanding transfer to `node`, and arms its retry timer.
+    fn send_client_request_to(&mut self, client: usize, node: NodeId) {
         let Some(outstanding) = self.clients[client].outstanding.as_mut() else {
             return;
         };
         outstanding.attempt += 1;
         let attempt = outstanding.attempt;
         let transfer = outstanding.transfer.clone();
-        let node = self.rng.random_range(1..=self.options.nodes);
         let delay = self.rng.random_range(1..=3);
         self.schedule(
             delay,
