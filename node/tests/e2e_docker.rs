@@ -130,8 +130,7 @@ impl Compose {
     }
 
     async fn status(&self) -> Vec<serde_json::Value> {
-        let (_, json) = ctl_json(&self.cluster, &["status"]).await;
-        json["nodes"].as_array().cloned().unwrap_or_default()
+        support::status(&self.cluster).await
     }
 
     async fn wait_until(
@@ -139,18 +138,7 @@ impl Compose {
         what: &str,
         condition: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        let started = Instant::now();
-        loop {
-            let status = self.status().await;
-            if condition(&status) {
-                return status;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "timed out waiting until {what}: {status:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        support::wait_until(&self.cluster, PATIENCE, what, condition).await
     }
 }
 

@@ -173,8 +173,7 @@ impl Cluster {
 
     /// Every node's status, as benmoctl reports it.
     pub async fn status(&self) -> Vec<Value> {
-        let (_, json) = self.ctl_json(&["status"]).await;
-        json["nodes"].as_array().expect("nodes").clone()
+        status(&self.cluster).await
     }
 
     /// Polls until `condition` holds on the cluster's status, or fails the test after PATIENCE.
@@ -182,18 +181,7 @@ impl Cluster {
     where
         F: Fn(&[Value]) -> bool,
     {
-        let started = Instant::now();
-        loop {
-            let status = self.status().await;
-            if condition(&status) {
-                return status;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "timed out waiting until {what}; status: {status:#?}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        wait_until(&self.cluster, PATIENCE, what, condition).await
     }
 
     pub async fn wait_until_serving(&self, id: u32) {
@@ -287,6 +275,36 @@ pub async fn ctl_json(cluster: &str, arguments: &[&str]) -> (i32, Value) {
 /// What a client was told about a committed transfer: the block, and the outcome status
 /// ("applied", or "rejected" when the ledger refused it for funds).
 pub type Acknowledged = BTreeMap<String, (u64, String)>;
+
+/// Every node's status, as benmoctl reports it (nodes that are down included).
+pub async fn status(cluster: &str) -> Vec<Value> {
+    let (_, json) = ctl_json(cluster, &["status"]).await;
+    json["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls the cluster's status until `condition` holds, or fails the test after `patience`.
+pub async fn wait_until<F>(
+    cluster: &str,
+    patience: Duration,
+    what: &str,
+    condition: F,
+) -> Vec<Value>
+where
+    F: Fn(&[Value]) -> bool,
+{
+    let started = Instant::now();
+    loop {
+        let nodes = status(cluster).await;
+        if condition(&nodes) {
+            return nodes;
+        }
+        assert!(
+            started.elapsed() < patience,
+            "timed out waiting until {what}; status: {nodes:#?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
 
 /// A client that keeps one transfer in flight until `until`, retrying each one with the same id
 /// (at another node each time) until it gets an answer. Returns what was acknowledged as
