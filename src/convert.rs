@@ -20,6 +20,9 @@ pub enum ConvertError {
     /// A transfer id breaks the id rules.
     #[error("{0}")]
     TransferId(#[from] benmo_paxos::ledger::TransferIdError),
+    /// A field does not parse.
+    #[error("field {0} is malformed")]
+    Malformed(&'static str),
     /// A hash is not 32 bytes.
     #[error("{field} must be 32 bytes, got {length}")]
     HashLength {
@@ -255,156 +258,42 @@ impl TryFrom<proto::Block> for Block {
     }
 }
 
-/// Reads the caller out of a peer request's header.
-pub fn caller(header: Option<proto::PeerHeader>) -> Result<Caller, ConvertError> {
-    let header = required(header, "header")?;
-    Ok(Caller {
-        node: header.from,
-        genesis_hash: hash(&header.genesis_hash, "header.genesis_hash")?,
-    })
+/// The request metadata key that names the calling node on peer calls.
+pub const NODE_METADATA: &str = "benmo-node";
+/// The request metadata key that names the calling node's cluster (its genesis hash, in hex).
+pub const GENESIS_METADATA: &str = "benmo-genesis";
+
+/// Reads the caller out of a peer call's metadata.
+pub fn caller(metadata: &tonic::metadata::MetadataMap) -> Result<Caller, ConvertError> {
+    let text = |key: &'static str| {
+        metadata
+            .get(key)
+            .ok_or(ConvertError::Missing(key))?
+            .to_str()
+            .map_err(|_| ConvertError::Malformed(key))
+    };
+    let node = text(NODE_METADATA)?
+        .parse::<NodeId>()
+        .map_err(|_| ConvertError::Malformed(NODE_METADATA))?;
+    let genesis_hash =
+        Hash::from_hex(text(GENESIS_METADATA)?).ok_or(ConvertError::Malformed(GENESIS_METADATA))?;
+    Ok(Caller { node, genesis_hash })
 }
 
-/// The header a node puts on its peer requests.
-pub fn header(node: NodeId, genesis_hash: Hash) -> proto::PeerHeader {
-    proto::PeerHeader {
-        from: node,
-        genesis_hash: genesis_hash.0.to_vec(),
-    }
-}
-
-/// A core message as the peer RPC that carries it. Replies (Promise, Accepted, Nack, heartbeat
-/// replies) are not requests: they travel back as the response of the request they answer.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PeerRequest {
-    /// `PeerService.Heartbeat`.
-    Heartbeat(proto::HeartbeatRequest),
-    /// `PeerService.Prepare`.
-    Prepare(proto::PrepareRequest),
-    /// `PeerService.Accept`.
-    Accept(proto::AcceptRequest),
-    /// `PeerService.Decide`.
-    Decide(proto::DecideRequest),
-    /// `PeerService.Forward`.
-    Forward(proto::ForwardRequest),
-}
-
-/// Maps an outgoing core message to its request, or returns the message back if it is a reply.
-pub fn request(message: Message, header: proto::PeerHeader) -> Result<PeerRequest, Message> {
-    let header = Some(header);
-    Ok(match message {
-        Message::Heartbeat(heartbeat) => PeerRequest::Heartbeat(proto::HeartbeatRequest {
-            header,
-            round: heartbeat.round,
-            decided: heartbeat.decided,
-        }),
-        Message::Prepare(prepare) => PeerRequest::Prepare(proto::PrepareRequest {
-            header,
-            ballot: Some(prepare.ballot.into()),
-            decided: prepare.decided,
-        }),
-        Message::Accept(accept) => PeerRequest::Accept(proto::AcceptRequest {
-            header,
-            ballot: Some(accept.ballot.into()),
-            slot: accept.slot,
-            batch: Some((&accept.batch).into()),
-        }),
-        Message::Decide(decide) => PeerRequest::Decide(proto::DecideRequest {
-            header,
-            ballot: Some(decide.ballot.into()),
-            slot: decide.slot,
-        }),
-        Message::Forward(forward) => PeerRequest::Forward(proto::ForwardRequest {
-            header,
-            transfers: forward
-                .transfers
-                .iter()
-                .map(proto::Transfer::from)
-                .collect(),
-            hops: forward.hops,
-        }),
-        reply @ (Message::HeartbeatReply(_)
-        | Message::Promise(_)
-        | Message::Accepted(_)
-        | Message::Nack(_)) => return Err(reply),
-    })
-}
-
-/// An incoming `Heartbeat` as a core message.
-pub fn from_heartbeat(request: proto::HeartbeatRequest) -> Result<(Caller, Message), ConvertError> {
-    Ok((
-        caller(request.header)?,
-        Message::Heartbeat(Heartbeat {
-            round: request.round,
-            decided: request.decided,
-        }),
-    ))
-}
-
-/// An incoming `Prepare` as a core message.
-pub fn from_prepare(request: proto::PrepareRequest) -> Result<(Caller, Message), ConvertError> {
-    Ok((
-        caller(request.header)?,
-        Message::Prepare(Prepare {
-            ballot: ballot(request.ballot, "ballot")?,
-            decided: request.decided,
-        }),
-    ))
-}
-
-/// An incoming `Accept` as a core message.
-pub fn from_accept(request: proto::AcceptRequest) -> Result<(Caller, Message), ConvertError> {
-    Ok((
-        caller(request.header)?,
-        Message::Accept(Accept {
-            ballot: ballot(request.ballot, "ballot")?,
-            slot: request.slot,
-            batch: required(request.batch, "batch")?.try_into()?,
-        }),
-    ))
-}
-
-/// An incoming `Decide` as a core message.
-pub fn from_decide(request: proto::DecideRequest) -> Result<(Caller, Message), ConvertError> {
-    Ok((
-        caller(request.header)?,
-        Message::Decide(Decide {
-            ballot: ballot(request.ballot, "ballot")?,
-            slot: request.slot,
-        }),
-    ))
-}
-
-/// An incoming `Forward` as a core message.
-pub fn from_forward(request: proto::ForwardRequest) -> Result<(Caller, Message), ConvertError> {
-    Ok((
-        caller(request.header)?,
-        Message::Forward(Forward {
-            transfers: transfers(request.transfers)?,
-            hops: request.hops,
-        }),
-    ))
-}
-
-/// The response to a `Heartbeat`.
-pub fn heartbeat_reply(reply: &HeartbeatReply) -> proto::HeartbeatReply {
-    proto::HeartbeatReply {
-        round: reply.round,
-        ballot: Some(reply.ballot.into()),
-        quorum_connected: reply.quorum_connected,
-        leader: reply.leader.map(proto::Ballot::from),
-        decided: reply.decided,
-    }
-}
-
-/// A `Heartbeat` response as a core message.
-pub fn from_heartbeat_reply(reply: proto::HeartbeatReply) -> Result<Message, ConvertError> {
-    Ok(Message::HeartbeatReply(HeartbeatReply {
-        round: reply.round,
-        ballot: ballot(reply.ballot, "ballot")?,
-        quorum_connected: reply.quorum_connected,
-        leader: reply.leader.map(Ballot::from),
-        decided: reply.decided,
-    }))
+/// Puts this node's name on an outgoing peer call.
+pub fn name_caller<T>(request: &mut tonic::Request<T>, node: NodeId, genesis_hash: Hash) {
+    let metadata = request.metadata_mut();
+    metadata.insert(
+        NODE_METADATA,
+        node.to_string().parse().expect("digits are valid metadata"),
+    );
+    metadata.insert(
+        GENESIS_METADATA,
+        genesis_hash
+            .to_hex()
+            .parse()
+            .expect("hex is valid metadata"),
+    );
 }
 
 fn nack(nack: &Nack) -> proto::Nack {
@@ -414,88 +303,136 @@ fn nack(nack: &Nack) -> proto::Nack {
     }
 }
 
-fn from_nack(nack: proto::Nack) -> Result<Message, ConvertError> {
-    Ok(Message::Nack(Nack {
-        ballot: ballot(nack.ballot, "nack.ballot")?,
-        promised: ballot(nack.promised, "nack.promised")?,
-    }))
-}
-
-/// The response to a `Prepare`: the core's Promise or Nack, if it produced one.
-pub fn prepare_reply(reply: Option<&Message>) -> proto::PrepareReply {
-    use proto::prepare_reply::Reply;
-    let reply = match reply {
-        Some(Message::Promise(promise)) => Some(Reply::Promise(proto::Promise {
-            ballot: Some(promise.ballot.into()),
-            decided: promise.decided,
-            accepted: promise
-                .accepted
-                .iter()
-                .map(|value| proto::AcceptedValue {
-                    slot: value.slot,
-                    ballot: Some(value.ballot.into()),
-                    batch: Some((&value.batch).into()),
-                })
-                .collect(),
-        })),
-        Some(Message::Nack(refusal)) => Some(Reply::Nack(nack(refusal))),
-        _ => None,
-    };
-    proto::PrepareReply { reply }
-}
-
-/// A `Prepare` response as a core message.
-pub fn from_prepare_reply(reply: proto::PrepareReply) -> Result<Option<Message>, ConvertError> {
-    use proto::prepare_reply::Reply;
-    Ok(match reply.reply {
-        None => None,
-        Some(Reply::Nack(refusal)) => Some(from_nack(refusal)?),
-        Some(Reply::Promise(promise)) => {
-            let accepted = promise
-                .accepted
-                .into_iter()
-                .map(|value| {
-                    Ok(AcceptedValue {
+impl From<&Message> for proto::PeerMessage {
+    fn from(message: &Message) -> proto::PeerMessage {
+        use proto::peer_message::Kind;
+        let kind = match message {
+            Message::Heartbeat(heartbeat) => Kind::Heartbeat(proto::Heartbeat {
+                round: heartbeat.round,
+                decided: heartbeat.decided,
+            }),
+            Message::HeartbeatReply(reply) => Kind::HeartbeatReply(proto::HeartbeatReply {
+                round: reply.round,
+                ballot: Some(reply.ballot.into()),
+                quorum_connected: reply.quorum_connected,
+                leader: reply.leader.map(proto::Ballot::from),
+                decided: reply.decided,
+            }),
+            Message::Prepare(prepare) => Kind::Prepare(proto::Prepare {
+                ballot: Some(prepare.ballot.into()),
+                decided: prepare.decided,
+            }),
+            Message::Promise(promise) => Kind::Promise(proto::Promise {
+                ballot: Some(promise.ballot.into()),
+                decided: promise.decided,
+                accepted: promise
+                    .accepted
+                    .iter()
+                    .map(|value| proto::AcceptedValue {
                         slot: value.slot,
-                        ballot: ballot(value.ballot, "accepted.ballot")?,
-                        batch: required(value.batch, "accepted.batch")?.try_into()?,
+                        ballot: Some(value.ballot.into()),
+                        batch: Some((&value.batch).into()),
                     })
-                })
-                .collect::<Result<Vec<AcceptedValue>, ConvertError>>()?;
-            Some(Message::Promise(Promise {
+                    .collect(),
+            }),
+            Message::Accept(accept) => Kind::Accept(proto::Accept {
+                ballot: Some(accept.ballot.into()),
+                slot: accept.slot,
+                batch: Some((&accept.batch).into()),
+            }),
+            Message::Accepted(accepted) => Kind::Accepted(proto::Accepted {
+                ballot: Some(accepted.ballot.into()),
+                slot: accepted.slot,
+            }),
+            Message::Decide(decide) => Kind::Decide(proto::Decide {
+                ballot: Some(decide.ballot.into()),
+                slot: decide.slot,
+            }),
+            Message::Nack(refusal) => Kind::Nack(nack(refusal)),
+            Message::Forward(forward) => Kind::Forward(proto::Forward {
+                transfers: forward
+                    .transfers
+                    .iter()
+                    .map(proto::Transfer::from)
+                    .collect(),
+                hops: forward.hops,
+            }),
+        };
+        proto::PeerMessage { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<proto::PeerMessage> for Message {
+    type Error = ConvertError;
+
+    fn try_from(message: proto::PeerMessage) -> Result<Message, ConvertError> {
+        use proto::peer_message::Kind;
+        Ok(match required(message.kind, "message.kind")? {
+            Kind::Heartbeat(heartbeat) => Message::Heartbeat(Heartbeat {
+                round: heartbeat.round,
+                decided: heartbeat.decided,
+            }),
+            Kind::HeartbeatReply(reply) => Message::HeartbeatReply(HeartbeatReply {
+                round: reply.round,
+                ballot: ballot(reply.ballot, "heartbeat_reply.ballot")?,
+                quorum_connected: reply.quorum_connected,
+                leader: reply.leader.map(Ballot::from),
+                decided: reply.decided,
+            }),
+            Kind::Prepare(prepare) => Message::Prepare(Prepare {
+                ballot: ballot(prepare.ballot, "prepare.ballot")?,
+                decided: prepare.decided,
+            }),
+            Kind::Promise(promise) => Message::Promise(Promise {
                 ballot: ballot(promise.ballot, "promise.ballot")?,
                 decided: promise.decided,
-                accepted,
-            }))
-        }
-    })
+                accepted: promise
+                    .accepted
+                    .into_iter()
+                    .map(|value| {
+                        Ok(AcceptedValue {
+                            slot: value.slot,
+                            ballot: ballot(value.ballot, "accepted.ballot")?,
+                            batch: required(value.batch, "accepted.batch")?.try_into()?,
+                        })
+                    })
+                    .collect::<Result<Vec<AcceptedValue>, ConvertError>>()?,
+            }),
+            Kind::Accept(accept) => Message::Accept(Accept {
+                ballot: ballot(accept.ballot, "accept.ballot")?,
+                slot: accept.slot,
+                batch: required(accept.batch, "accept.batch")?.try_into()?,
+            }),
+            Kind::Accepted(accepted) => Message::Accepted(Accepted {
+                ballot: ballot(accepted.ballot, "accepted.ballot")?,
+                slot: accepted.slot,
+            }),
+            Kind::Decide(decide) => Message::Decide(Decide {
+                ballot: ballot(decide.ballot, "decide.ballot")?,
+                slot: decide.slot,
+            }),
+            Kind::Nack(refusal) => Message::Nack(Nack {
+                ballot: ballot(refusal.ballot, "nack.ballot")?,
+                promised: ballot(refusal.promised, "nack.promised")?,
+            }),
+            Kind::Forward(forward) => Message::Forward(Forward {
+                transfers: transfers(forward.transfers)?,
+                hops: forward.hops,
+            }),
+        })
+    }
 }
 
-/// The response to an `Accept`: the core's Accepted or Nack, if it produced one.
-pub fn accept_reply(reply: Option<&Message>) -> proto::AcceptReply {
-    use proto::accept_reply::Reply;
-    let reply = match reply {
-        Some(Message::Accepted(accepted)) => Some(Reply::Accepted(proto::Accepted {
-            ballot: Some(accepted.ballot.into()),
-            slot: accepted.slot,
-        })),
-        Some(Message::Nack(refusal)) => Some(Reply::Nack(nack(refusal))),
-        _ => None,
-    };
-    proto::AcceptReply { reply }
+/// The frame that carries `messages` to one peer.
+pub fn frame(messages: &[Message]) -> proto::PeerFrame {
+    proto::PeerFrame {
+        messages: messages.iter().map(proto::PeerMessage::from).collect(),
+    }
 }
 
-/// An `Accept` response as a core message.
-pub fn from_accept_reply(reply: proto::AcceptReply) -> Result<Option<Message>, ConvertError> {
-    use proto::accept_reply::Reply;
-    Ok(match reply.reply {
-        None => None,
-        Some(Reply::Nack(refusal)) => Some(from_nack(refusal)?),
-        Some(Reply::Accepted(accepted)) => Some(Message::Accepted(Accepted {
-            ballot: ballot(accepted.ballot, "accepted.ballot")?,
-            slot: accepted.slot,
-        })),
-    })
+/// The messages of a frame, or why it is malformed.
+pub fn messages(frame: proto::PeerFrame) -> Result<Vec<Message>, ConvertError> {
+    frame.messages.into_iter().map(Message::try_from).collect()
 }
 
 #[cfg(test)]
@@ -546,26 +483,39 @@ mod tests {
             Transfer::try_from(bad_id),
             Err(ConvertError::TransferId(_))
         ));
-        let short_hash = proto::PeerHeader {
-            from: 1,
-            genesis_hash: vec![0; 31],
-        };
+        let mut request = tonic::Request::new(());
         assert_eq!(
-            caller(Some(short_hash)),
-            Err(ConvertError::HashLength {
-                field: "header.genesis_hash",
-                length: 31
+            caller(request.metadata()),
+            Err(ConvertError::Missing(NODE_METADATA))
+        );
+        name_caller(&mut request, 3, Hash::ZERO);
+        assert_eq!(
+            caller(request.metadata()),
+            Ok(Caller {
+                node: 3,
+                genesis_hash: Hash::ZERO
             })
         );
-        assert_eq!(caller(None), Err(ConvertError::Missing("header")));
-        let no_ballot = proto::PrepareRequest {
-            header: Some(header(1, Hash::ZERO)),
-            ballot: None,
-            decided: 0,
+        request
+            .metadata_mut()
+            .insert(GENESIS_METADATA, "abc".parse().unwrap());
+        assert_eq!(
+            caller(request.metadata()),
+            Err(ConvertError::Malformed(GENESIS_METADATA))
+        );
+        let no_ballot = proto::PeerMessage {
+            kind: Some(proto::peer_message::Kind::Prepare(proto::Prepare {
+                ballot: None,
+                decided: 0,
+            })),
         };
         assert_eq!(
-            from_prepare(no_ballot),
-            Err(ConvertError::Missing("ballot"))
+            Message::try_from(no_ballot),
+            Err(ConvertError::Missing("prepare.ballot"))
+        );
+        assert_eq!(
+            Message::try_from(proto::PeerMessage { kind: None }),
+            Err(ConvertError::Missing("message.kind"))
         );
     }
 
@@ -576,43 +526,44 @@ mod tests {
             proposer: 2,
             transfers: vec![transfer("a")],
         };
-        let accept = Message::Accept(Accept {
-            ballot,
-            slot: 7,
-            batch: batch.clone(),
-        });
-        let Ok(PeerRequest::Accept(wire)) = request(accept.clone(), header(2, Hash::ZERO)) else {
-            panic!("an Accept is a request");
-        };
-        let (caller, message) = from_accept(wire).unwrap();
-        assert_eq!(caller.node, 2);
-        assert_eq!(message, accept);
-
-        let promise = Message::Promise(Promise {
-            ballot,
-            decided: 3,
-            accepted: vec![AcceptedValue {
-                slot: 4,
+        let all = vec![
+            Message::Heartbeat(Heartbeat {
+                round: 9,
+                decided: 3,
+            }),
+            Message::HeartbeatReply(HeartbeatReply {
+                round: 9,
                 ballot,
+                quorum_connected: true,
+                leader: Some(ballot),
+                decided: 4,
+            }),
+            Message::Prepare(Prepare { ballot, decided: 2 }),
+            Message::Promise(Promise {
+                ballot,
+                decided: 3,
+                accepted: vec![AcceptedValue {
+                    slot: 4,
+                    ballot,
+                    batch: batch.clone(),
+                }],
+            }),
+            Message::Accept(Accept {
+                ballot,
+                slot: 7,
                 batch,
-            }],
-        });
-        assert_eq!(
-            from_prepare_reply(prepare_reply(Some(&promise))).unwrap(),
-            Some(promise.clone())
-        );
-        assert_eq!(
-            request(promise.clone(), header(2, Hash::ZERO)),
-            Err(promise)
-        );
-        let nack = Message::Nack(Nack {
-            ballot,
-            promised: Ballot::new(5, 1),
-        });
-        assert_eq!(
-            from_accept_reply(accept_reply(Some(&nack))).unwrap(),
-            Some(nack)
-        );
-        assert_eq!(from_accept_reply(accept_reply(None)).unwrap(), None);
+            }),
+            Message::Accepted(Accepted { ballot, slot: 7 }),
+            Message::Decide(Decide { ballot, slot: 7 }),
+            Message::Nack(Nack {
+                ballot,
+                promised: Ballot::new(5, 1),
+            }),
+            Message::Forward(Forward {
+                transfers: vec![transfer("b")],
+                hops: 1,
+            }),
+        ];
+        assert_eq!(messages(frame(&all)).unwrap(), all);
     }
 }

@@ -14,17 +14,21 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// A lazily connected channel to `address` (`http://host:port`).
+/// A lazily connected channel to `address` (`http://host:port`), whose calls time out after
+/// `call_timeout` unless that is `None` (long-lived streams).
 pub fn channel(
     address: &str,
     connect_timeout: Duration,
-    call_timeout: Duration,
+    call_timeout: Option<Duration>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(address.to_string())?
+    let mut endpoint = Endpoint::from_shared(address.to_string())?
         .connect_timeout(connect_timeout)
-        .timeout(call_timeout)
         .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2));
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    if let Some(timeout) = call_timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
     Ok(endpoint.connect_with_connector_lazy(tower::service_fn(dial)))
 }
 

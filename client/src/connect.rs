@@ -72,7 +72,7 @@ impl Nodes {
 
     fn channel(&self, node: NodeId, timeout: Duration) -> Result<Channel, CallError> {
         let address = self.address(node);
-        benmo::dial::channel(&address, CONNECT_TIMEOUT, timeout).map_err(|error| {
+        benmo::dial::channel(&address, CONNECT_TIMEOUT, Some(timeout)).map_err(|error| {
             CallError::Unreachable {
                 node,
                 address: address.clone(),

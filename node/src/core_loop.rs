@@ -1,65 +1,32 @@
-//! The core loop: one thread owns the [`Replica`] and the [`SledStorage`].
+//! The core loop: one tokio task drives the [`Host`] (and through it the core), and one thread
+//! owns the [`SledStorage`] and makes each group of writes durable.
 //!
-//! It waits for a command or the next tick, then takes every command already queued (up to
-//! [`STEPS_PER_WRITE_MAX`]), steps the core once for each, and writes all their batches as one
-//! atomic, fsynced sled batch (group commit). What a step marks as vouching for its writes
-//! (promises, votes, ballots) is released only after that fsync; the rest (heartbeats, forwards,
-//! decisions, client answers) leaves as soon as the step produced it. That is the core's
-//! persist-before-reply contract, paid with one fsync per group rather than per message.
+//! The task waits for the next command, tick or finished write, takes every command already queued
+//! as one batch (up to [`COMMANDS_PER_BATCH_MAX`]), and ends the batch with [`Host::flush`]: one
+//! frame of messages per peer, and the next group of writes handed to the writer if it is idle.
+//! The writer never blocks the task, so heartbeats and their replies never wait behind a flush;
+//! and when a tick and replies are both ready, the replies are taken first, so they count in the
+//! round that the tick ends.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use benmo_paxos::{
-    Block, Committed, Event, Hash, Height, Input, Message, NodeId, ProposeError, Ready, Replica,
-    Status, Storage, Transfer, TransferId, Write,
+    Block, Event, Hash, Height, Message, NodeId, Status, Storage, Transfer, TransferId, Write,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
+use crate::host::{Environment, Host, TransferResult};
 use crate::storage::SledStorage;
 use crate::transport::Transport;
 
-/// The most commands stepped before their writes are made durable together.
-pub const STEPS_PER_WRITE_MAX: usize = 1_024;
-/// The most commands waiting for the core loop; beyond it peers' messages are dropped and
-/// clients are told the node is busy.
+/// The most commands taken into one batch before its messages and writes go out.
+pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
+/// The most commands waiting for the core loop; beyond it peers' frames are dropped and clients
+/// are told the node is busy.
 pub const COMMAND_QUEUE_MAX: usize = 65_536;
-
-/// Which answer a peer RPC waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplyKind {
-    /// A heartbeat reply.
-    Heartbeat,
-    /// A Promise or a Nack.
-    Prepare,
-    /// An Accepted or a Nack.
-    Accept,
-}
-
-impl ReplyKind {
-    fn matches(self, message: &Message) -> bool {
-        matches!(
-            (self, message),
-            (ReplyKind::Heartbeat, Message::HeartbeatReply(_))
-                | (ReplyKind::Prepare, Message::Promise(_) | Message::Nack(_))
-                | (ReplyKind::Accept, Message::Accepted(_) | Message::Nack(_))
-        )
-    }
-}
-
-/// A committed transfer and the hash of its block.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TransferCommitted {
-    /// Where and how it was ordered.
-    pub committed: Committed,
-    /// The hash of the block at `committed.height`.
-    pub block_hash: Hash,
-}
-
-/// What a client's Transfer call receives.
-pub type TransferResult = Result<TransferCommitted, ProposeError>;
 
 /// This node's state for `Status`, plus what only the node knows.
 #[derive(Clone, Debug)]
@@ -85,16 +52,23 @@ pub struct Balances {
     pub balances: Vec<u64>,
 }
 
+/// A client's Transfer call, waiting.
+pub struct Waiter {
+    /// Where the outcome goes.
+    pub result: oneshot::Sender<TransferResult>,
+    /// Fired once the transfer is durably in this node's pending log, so the call may say "still
+    /// pending" truthfully when it times out.
+    pub taken: Option<oneshot::Sender<()>>,
+}
+
 /// Work for the core loop.
 pub enum Command {
-    /// A message from a peer. If `reply` is set, the core's answer to it goes back through it.
+    /// A frame of messages from a peer, in the order it sent them.
     Peer {
         /// The sender.
         from: NodeId,
-        /// The message.
-        message: Message,
-        /// Where the answer goes, for request/response RPCs.
-        reply: Option<(ReplyKind, oneshot::Sender<Option<Message>>)>,
+        /// The messages.
+        messages: Vec<Message>,
     },
     /// Blocks fetched from a peer (empty if the fetch failed).
     Blocks {
@@ -103,12 +77,14 @@ pub enum Command {
         /// The blocks.
         blocks: Vec<Block>,
     },
+    /// The peer's stream ended under it: its process is gone.
+    Disconnected(NodeId),
     /// A client's transfer.
     Transfer {
         /// The transfer.
         transfer: Transfer,
-        /// Where the outcome goes.
-        waiter: oneshot::Sender<TransferResult>,
+        /// Who waits for it.
+        waiter: Waiter,
     },
     /// A status read.
     Status(oneshot::Sender<NodeStatus>),
@@ -121,7 +97,7 @@ pub enum Command {
 /// Sends commands to the core loop without ever blocking the caller.
 #[derive(Clone)]
 pub struct CoreHandle {
-    sender: SyncSender<Command>,
+    sender: mpsc::Sender<Command>,
 }
 
 /// The core loop is gone or its queue is full.
@@ -132,301 +108,205 @@ pub struct Overloaded;
 impl CoreHandle {
     /// Queues a command; fails at once if the queue is full.
     pub fn send(&self, command: Command) -> Result<(), Overloaded> {
-        match self.sender.try_send(command) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Overloaded),
-        }
+        self.sender.try_send(command).map_err(|_| Overloaded)
     }
 }
 
 /// Creates the command queue.
-pub fn channel() -> (CoreHandle, Receiver<Command>) {
-    let (sender, receiver) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_MAX);
+pub fn channel() -> (CoreHandle, mpsc::Receiver<Command>) {
+    let (sender, receiver) = mpsc::channel(COMMAND_QUEUE_MAX);
     (CoreHandle { sender }, receiver)
 }
 
-/// A read answered once the group it arrived in is durable, so it never shows state that a
-/// crash could still take back.
-type Read = Box<dyn FnOnce(&CoreLoop) + Send>;
-
-/// A group of steps: their writes, and what waits for those writes to be durable.
-#[derive(Default)]
-struct Group {
-    writes: Vec<Write>,
-    /// Hashes of the blocks appended in this group, for answers that name their block.
-    appended: BTreeMap<Height, Hash>,
-    messages: Vec<benmo_paxos::Outgoing>,
-    replies: Vec<benmo_paxos::Reply>,
-    peer_replies: Vec<(oneshot::Sender<Option<Message>>, Option<Message>)>,
-    /// Transfers to forward, by peer and hop count, sent together before the fsync.
-    forwards: BTreeMap<(NodeId, u32), Vec<Transfer>>,
-    reads: Vec<Read>,
-    steps: usize,
+/// How the writer thread makes writes durable.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterOptions {
+    /// Sleep this long after every fsync: a slow disk, for tests only.
+    pub fsync_delay: Duration,
 }
 
-/// The thread that owns the core.
-pub struct CoreLoop {
-    replica: Replica,
-    storage: SledStorage,
+/// Starts the thread that owns `storage`: it writes each batch it is given, fsyncs, and reports
+/// through the returned channel. A write that fails ends the process: a node that cannot write
+/// cannot keep its promises, and nothing that waited for the write has been released.
+pub fn start_writer(
+    mut storage: SledStorage,
+    options: WriterOptions,
+) -> std::io::Result<(std_mpsc::Sender<Vec<Write>>, mpsc::UnboundedReceiver<()>)> {
+    let (writes, batches) = std_mpsc::channel::<Vec<Write>>();
+    let (done, written) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("benmo-writer".to_string())
+        .spawn(move || {
+            while let Ok(batch) = batches.recv() {
+                if let Err(error) = storage.write(&batch) {
+                    error!(%error, "cannot write to the data directory; stopping");
+                    std::process::exit(74);
+                }
+                if !options.fsync_delay.is_zero() {
+                    std::thread::sleep(options.fsync_delay);
+                }
+                if done.send(()).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok((writes, written))
+}
+
+/// The node's side of the host's [`Environment`].
+pub struct NodeEnvironment {
     transport: Transport,
-    commands: Receiver<Command>,
-    heartbeat: Duration,
-    waiters: HashMap<TransferId, Vec<oneshot::Sender<TransferResult>>>,
+    writer: std_mpsc::Sender<Vec<Write>>,
     /// Decided heights not yet logged: logged once per tick, not once per block.
     decided_unlogged: Option<(Height, Height, usize)>,
+}
+
+impl NodeEnvironment {
+    /// The environment of a node that sends through `transport` and writes through `writer`.
+    pub fn new(transport: Transport, writer: std_mpsc::Sender<Vec<Write>>) -> NodeEnvironment {
+        NodeEnvironment {
+            transport,
+            writer,
+            decided_unlogged: None,
+        }
+    }
+
+    fn log_decided(&mut self, head: Hash) {
+        if let Some((first, last, transfers)) = self.decided_unlogged.take() {
+            info!(
+                "decided blocks {first}..={last} ({transfers} transfers), head {}",
+                &head.to_hex()[..12]
+            );
+        }
+    }
+}
+
+impl Environment for NodeEnvironment {
+    type Waiter = Waiter;
+
+    fn send(&mut self, peer: NodeId, messages: Vec<Message>) {
+        self.transport.send(peer, messages);
+    }
+
+    fn fetch(&mut self, peer: NodeId, from: Height) {
+        self.transport.fetch(peer, from);
+    }
+
+    fn write(&mut self, writes: Vec<Write>) {
+        if self.writer.send(writes).is_err() {
+            error!("the writer thread is gone; stopping");
+            std::process::exit(74);
+        }
+    }
+
+    fn answer(&mut self, waiter: Waiter, result: TransferResult) {
+        let _ = waiter.result.send(result);
+    }
+
+    fn taken(&mut self, waiter: &mut Waiter, _id: &TransferId) {
+        if let Some(taken) = waiter.taken.take() {
+            let _ = taken.send(());
+        }
+    }
+
+    fn appended(&mut self, block: &Block) {
+        let (first, _, transfers) =
+            self.decided_unlogged
+                .unwrap_or((block.height, block.height, 0));
+        self.decided_unlogged = Some((first, block.height, transfers + block.entries.len()));
+    }
+
+    fn event(&mut self, event: &Event) {
+        log_event(event);
+    }
+}
+
+/// Runs the core loop until every command sender is gone.
+pub async fn run(
+    mut host: Host<Waiter>,
+    mut environment: NodeEnvironment,
+    mut commands: mpsc::Receiver<Command>,
+    mut written: mpsc::UnboundedReceiver<()>,
+    heartbeat: Duration,
+    genesis_hash: Hash,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut context = Context {
+        environment: &mut environment,
+        genesis_hash,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = written.recv() => host.write_done(context.environment),
+            command = commands.recv() => match command {
+                Some(command) => context.handle(&mut host, command),
+                None => return,
+            },
+            _ = ticker.tick() => {
+                // What already arrived belongs to the round this tick ends.
+                while let Ok(()) = written.try_recv() {
+                    host.write_done(context.environment);
+                }
+                context.drain(&mut host, &mut commands);
+                host.tick(context.environment);
+                context.environment.log_decided(host.replica().ledger().head_hash());
+                host.forget_waiters(|waiter| waiter.result.is_closed());
+            }
+        }
+        context.drain(&mut host, &mut commands);
+        host.flush(context.environment);
+    }
+}
+
+struct Context<'a> {
+    environment: &'a mut NodeEnvironment,
     genesis_hash: Hash,
 }
 
-impl CoreLoop {
-    /// Prepares the loop; [`CoreLoop::run`] starts it.
-    pub fn new(
-        replica: Replica,
-        storage: SledStorage,
-        transport: Transport,
-        commands: Receiver<Command>,
-        heartbeat: Duration,
-        genesis_hash: Hash,
-    ) -> CoreLoop {
-        CoreLoop {
-            replica,
-            storage,
-            transport,
-            commands,
-            heartbeat,
-            waiters: HashMap::new(),
-            decided_unlogged: None,
-            genesis_hash,
+impl Context<'_> {
+    /// Takes the commands already queued, up to a batch.
+    fn drain(&mut self, host: &mut Host<Waiter>, commands: &mut mpsc::Receiver<Command>) {
+        for _ in 0..COMMANDS_PER_BATCH_MAX {
+            match commands.try_recv() {
+                Ok(command) => self.handle(host, command),
+                Err(_) => return,
+            }
         }
     }
 
-    /// Runs until every command sender is gone. A storage error ends the process: a node that
-    /// cannot write cannot keep its promises.
-    pub fn run(mut self) {
-        let mut next_tick = Instant::now() + self.heartbeat;
-        loop {
-            let mut group = Group::default();
-            let now = Instant::now();
-            if now >= next_tick {
-                self.step(&mut group, Input::Tick);
-                self.log_decided();
-                self.forget_abandoned_waiters();
-                next_tick += self.heartbeat;
-                if next_tick < now {
-                    // The loop fell behind (a long fsync): skip the missed ticks.
-                    next_tick = now + self.heartbeat;
-                }
-            } else {
-                match self.commands.recv_timeout(next_tick - now) {
-                    Ok(command) => self.handle(&mut group, command),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-            while group.steps < STEPS_PER_WRITE_MAX {
-                match self.commands.try_recv() {
-                    Ok(command) => self.handle(&mut group, command),
-                    Err(_) => break,
-                }
-            }
-            self.send_forwards(&mut group);
-            if let Err(error) = self.storage.write(&group.writes) {
-                error!(%error, "cannot write to the data directory; stopping");
-                std::process::exit(74);
-            }
-            self.release(group);
-        }
-    }
-
-    fn handle(&mut self, group: &mut Group, command: Command) {
+    fn handle(&mut self, host: &mut Host<Waiter>, command: Command) {
         match command {
-            Command::Peer {
-                from,
-                message,
-                reply,
-            } => {
-                let mut ready = self.replica.step(Input::Receive { from, message });
-                if let Some((kind, sender)) = reply {
-                    let matches = |outgoing: &benmo_paxos::Outgoing| {
-                        outgoing.to == from && kind.matches(&outgoing.message)
-                    };
-                    if let Some(index) = ready.messages.iter().position(matches) {
-                        let _ = sender.send(Some(ready.messages.remove(index).message));
-                    } else if let Some(index) = ready.messages_after_writes.iter().position(matches)
-                    {
-                        let answer = ready.messages_after_writes.remove(index).message;
-                        group.peer_replies.push((sender, Some(answer)));
-                    } else {
-                        let _ = sender.send(None);
-                    }
-                }
-                self.absorb(group, ready);
+            Command::Peer { from, messages } => host.receive(from, messages, self.environment),
+            Command::Blocks { from, blocks } => host.blocks(from, blocks, self.environment),
+            Command::Disconnected(peer) => {
+                debug!("the stream from node {peer} closed");
+                host.disconnected(peer, self.environment)
             }
-            Command::Blocks { from, blocks } => self.step(group, Input::Blocks { from, blocks }),
             Command::Transfer { transfer, waiter } => {
-                let id = transfer.id.clone();
-                let mut ready = self.replica.step(Input::Propose(transfer));
-                // A refusal of this very proposal (malformed, id reused, busy) answers this
-                // caller only: others waiting on the same id wait for their own transfer.
-                let refused = ready
-                    .replies
-                    .iter()
-                    .position(|reply| reply.id == id && reply.result.is_err());
-                match refused {
-                    Some(index) => {
-                        if let Err(error) = ready.replies.remove(index).result {
-                            let _ = waiter.send(Err(error));
-                        }
-                    }
-                    None => self.waiters.entry(id).or_default().push(waiter),
-                }
-                self.absorb(group, ready);
+                host.propose(transfer, waiter, self.environment)
             }
-            Command::Status(sender) => group.reads.push(Box::new(move |core: &CoreLoop| {
+            Command::Status(sender) => {
+                let replica = host.replica();
                 let _ = sender.send(NodeStatus {
-                    core: core.replica.status(),
-                    nodes: core.replica.config().nodes,
-                    genesis_hash: core.genesis_hash,
-                    genesis_balance: core.replica.config().genesis_balance,
+                    core: replica.status(),
+                    nodes: replica.config().nodes,
+                    genesis_hash: self.genesis_hash,
+                    genesis_balance: replica.config().genesis_balance,
                 });
-            })),
-            Command::Balances(sender) => group.reads.push(Box::new(move |core: &CoreLoop| {
-                let ledger = core.replica.ledger();
+            }
+            Command::Balances(sender) => {
+                let ledger = host.replica().ledger();
                 let _ = sender.send(Balances {
                     height: ledger.height(),
                     head_hash: ledger.head_hash(),
                     balances: ledger.balances().to_vec(),
                 });
-            })),
-            Command::Pending(sender) => group.reads.push(Box::new(move |core: &CoreLoop| {
-                let _ = sender.send(core.replica.pending().cloned().collect());
-            })),
-        }
-    }
-
-    fn step(&mut self, group: &mut Group, input: Input) {
-        let ready = self.replica.step(input);
-        self.absorb(group, ready);
-    }
-
-    /// Takes a step's output: what may leave at once leaves now; the writes join the group's
-    /// batch, and what vouches for them waits in the group.
-    fn absorb(&mut self, group: &mut Group, ready: Ready) {
-        group.steps += 1;
-        let Ready {
-            writes,
-            messages,
-            messages_after_writes,
-            fetches,
-            replies,
-            replies_after_writes,
-            events,
-        } = ready;
-        for event in &events {
-            log_event(event);
-        }
-        for write in &writes {
-            if let Write::AppendBlock(block) = write {
-                group.appended.insert(block.height, block.hash);
-                let (first, _, transfers) =
-                    self.decided_unlogged
-                        .unwrap_or((block.height, block.height, 0));
-                self.decided_unlogged =
-                    Some((first, block.height, transfers + block.entries.len()));
             }
-        }
-        group.writes.extend(writes);
-        for outgoing in messages {
-            match outgoing.message {
-                // Transfers forwarded to the same peer in one group travel in one message.
-                Message::Forward(forward) => group
-                    .forwards
-                    .entry((outgoing.to, forward.hops))
-                    .or_default()
-                    .extend(forward.transfers),
-                message => self.transport.send(outgoing.to, message),
+            Command::Pending(sender) => {
+                let _ = sender.send(host.replica().pending().cloned().collect());
             }
-        }
-        for fetch in fetches {
-            self.transport.fetch(fetch.peer, fetch.from);
-        }
-        for reply in replies {
-            self.answer(reply, &group.appended);
-        }
-        group.messages.extend(messages_after_writes);
-        group.replies.extend(replies_after_writes);
-    }
-
-    /// Sends the group's forwarded transfers, one message per peer and hop count, each no larger
-    /// than a block.
-    fn send_forwards(&mut self, group: &mut Group) {
-        let limit = self.replica.config().batch_transfers_max;
-        for ((peer, hops), transfers) in std::mem::take(&mut group.forwards) {
-            for chunk in transfers.chunks(limit) {
-                let forward = benmo_paxos::message::Forward {
-                    transfers: chunk.to_vec(),
-                    hops,
-                };
-                self.transport.send(peer, Message::Forward(forward));
-            }
-        }
-    }
-
-    /// The group's writes are durable: release what waited for them.
-    fn release(&mut self, group: Group) {
-        for (sender, answer) in group.peer_replies {
-            let _ = sender.send(answer);
-        }
-        for outgoing in group.messages {
-            self.transport.send(outgoing.to, outgoing.message);
-        }
-        for reply in group.replies {
-            self.answer(reply, &group.appended);
-        }
-        for read in group.reads {
-            read(self);
-        }
-    }
-
-    fn answer(&mut self, reply: benmo_paxos::Reply, appended: &BTreeMap<Height, Hash>) {
-        let Some(waiters) = self.waiters.remove(&reply.id) else {
-            return;
-        };
-        let result = match reply.result {
-            Ok(committed) => {
-                let block_hash = match appended.get(&committed.height) {
-                    Some(hash) => *hash,
-                    None => match self.storage.block(committed.height) {
-                        Ok(Some(block)) => block.hash,
-                        Ok(None) | Err(_) => Hash::ZERO,
-                    },
-                };
-                Ok(TransferCommitted {
-                    committed,
-                    block_hash,
-                })
-            }
-            Err(error) => Err(error),
-        };
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
-        }
-    }
-
-    /// Drops the waiters of Transfer calls that timed out (the client got "still pending").
-    fn forget_abandoned_waiters(&mut self) {
-        self.waiters.retain(|_, waiters| {
-            waiters.retain(|waiter| !waiter.is_closed());
-            !waiters.is_empty()
-        });
-    }
-
-    fn log_decided(&mut self) {
-        if let Some((first, last, transfers)) = self.decided_unlogged.take() {
-            let head = self.replica.ledger().head_hash();
-            info!(
-                "decided blocks {first}..={last} ({transfers} transfers), head {}",
-                &head.to_hex()[..12]
-            );
         }
     }
 }
@@ -452,7 +332,7 @@ fn log_event(event: &Event) {
             warn!("refused blocks from node {peer}: {error}")
         }
         Event::MessageRejected { from, kind, reason } => {
-            debug!("dropped {kind} from node {from}: {reason}")
+            warn!("dropped {kind} from node {from}: {reason}")
         }
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! - [`options`]: command-line flags (with environment equivalents) and their validation.
 //! - [`storage`]: the sled store behind the core's storage trait, with fsync after every batch.
-//! - [`core_loop`]: the thread that owns the core: steps it, writes each group of steps' batch
-//!   durably, then releases messages and replies.
-//! - [`transport`]: outgoing peer RPCs and catch-up fetches.
+//! - [`host`]: the host loop's logic with no I/O: group commit, release after durability,
+//!   batching per peer, waiting clients. The simulator drives the same code.
+//! - [`core_loop`]: the node's environment for the host: a tokio task that steps it and a writer
+//!   thread that makes each group of writes durable.
+//! - [`transport`]: one long-lived outgoing stream per peer, and catch-up fetches.
 //! - [`service`]: the gRPC services (peer, ledger, faults) and the server.
 //! - [`links`]: the per-peer switches that `benmoctl sever` and `heal` flip.
 
 pub mod core_loop;
+pub mod host;
 pub mod links;
 pub mod options;
 pub mod service;

@@ -18,9 +18,16 @@ fn main() -> Result<()> {
         .with_target(false)
         .init();
     let settings = options.settings()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("benmo-io")
-        .build()?;
+    let runtime = if settings.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.threads)
+            .enable_all()
+            .thread_name("benmo-io")
+            .build()?
+    };
     runtime.block_on(benmo_node::service::serve(settings))
 }

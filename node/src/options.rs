@@ -62,6 +62,20 @@ pub struct Options {
     /// How long a Transfer call waits for its commit when the client sets no timeout.
     #[arg(long, env = "BENMO_TRANSFER_TIMEOUT_MS", default_value_t = 5_000)]
     pub transfer_timeout_ms: u64,
+
+    /// Threads that run gRPC and the core loop (the disk writer has its own). One keeps every
+    /// hand-off on one thread, which is fastest when several nodes share a few cores.
+    #[arg(long, env = "BENMO_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
+
+    /// Tests only: sleep this long after every fsync, to play a slow disk.
+    #[arg(
+        long,
+        env = "BENMO_TEST_FSYNC_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_fsync_delay_ms: u64,
 }
 
 /// Everything the node needs to run, checked.
@@ -79,6 +93,10 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// The default wait of a Transfer call.
     pub transfer_timeout: Duration,
+    /// Threads for gRPC and the core loop.
+    pub threads: usize,
+    /// Sleep after every fsync (tests only).
+    pub fsync_delay: Duration,
 }
 
 /// The shortest heartbeat interval accepted.
@@ -143,6 +161,8 @@ impl Options {
                 .unwrap_or_else(|| PathBuf::from(format!("benmo-data/node-{}", self.id))),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             transfer_timeout: Duration::from_millis(self.transfer_timeout_ms),
+            threads: usize::from(self.threads),
+            fsync_delay: Duration::from_millis(self.test_fsync_delay_ms),
         })
     }
 }

@@ -13,26 +13,30 @@ use benmo::proto;
 use benmo::proto::fault_service_server::{FaultService, FaultServiceServer};
 use benmo::proto::ledger_service_server::{LedgerService, LedgerServiceServer};
 use benmo::proto::peer_service_server::{PeerService, PeerServiceServer};
-use benmo_paxos::{restore, Hash, Message, NodeId, ProposeError, Replica, RoleName, Transfer};
+use benmo_paxos::{restore, Hash, NodeId, ProposeError, Replica, RoleName, Transfer};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::core_loop::{self, Command, CoreHandle, CoreLoop, ReplyKind, TransferResult};
+use crate::core_loop::{self, Command, CoreHandle, NodeEnvironment, Waiter, WriterOptions};
+use crate::host::{Host, TransferResult};
 use crate::links::{Direction, Links};
 use crate::options::Settings;
 use crate::storage::{ChainReader, Identity, SledStorage};
 use crate::transport::{Transport, CATCH_UP_BLOCKS_MAX, PEER_MESSAGE_BYTES_MAX};
 
-/// How long a peer RPC waits for the core loop's answer.
-const PEER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest wait a client may ask a Transfer call for.
 const TRANSFER_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// How long a timed-out Transfer call waits for its transfer to reach the disk before it may say
+/// "still pending".
+const DURABLE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Blocks read from disk at a time when streaming a chain.
-const CHAIN_CHUNK_BLOCKS: usize = 256;
+const CHAIN_CHUNK_BLOCKS: usize = 64;
+/// Blocks a chain stream holds for a slow reader; a reader that stops reading holds no more.
+const CHAIN_STREAM_BUFFER_BLOCKS: usize = 16;
 
 type BlockStream = Pin<Box<dyn Stream<Item = Result<proto::Block, Status>> + Send>>;
 
@@ -64,7 +68,7 @@ async fn answer<T>(receiver: oneshot::Receiver<T>) -> Result<T, Status> {
 }
 
 impl Node {
-    /// Admits a peer request: a node of this cluster, not this node, on a link that is not cut.
+    /// Admits a peer call: a node of this cluster, not this node.
     fn admit(&self, caller: convert::Caller) -> Result<NodeId, Status> {
         if caller.node == 0 || caller.node > self.nodes || caller.node == self.id {
             return Err(Status::permission_denied(format!(
@@ -78,67 +82,22 @@ impl Node {
                 caller.node, caller.genesis_hash, self.genesis_hash
             )));
         }
-        if !self.links.takes_from(caller.node) {
-            return Err(Status::unavailable(format!(
-                "the link from node {} to node {} is severed",
-                caller.node, self.id
-            )));
-        }
         Ok(caller.node)
-    }
-
-    /// Hands a peer message to the core and waits for its answer (released once durable).
-    async fn exchange(
-        &self,
-        from: NodeId,
-        message: Message,
-        kind: ReplyKind,
-    ) -> Result<Option<Message>, Status> {
-        let (sender, receiver) = oneshot::channel();
-        self.core
-            .send(Command::Peer {
-                from,
-                message,
-                reply: Some((kind, sender)),
-            })
-            .map_err(|_| overloaded())?;
-        let answer = tokio::time::timeout(PEER_REPLY_TIMEOUT, receiver)
-            .await
-            .map_err(|_| Status::deadline_exceeded("the core did not answer in time"))?
-            .map_err(|_| Status::unavailable("the node is shutting down"))?;
-        if !self.links.sends_to(from) {
-            return Err(Status::unavailable(format!(
-                "the link from node {} to node {from} is severed",
-                self.id
-            )));
-        }
-        Ok(answer)
-    }
-
-    /// Hands a peer message that needs no answer to the core.
-    fn deliver(&self, from: NodeId, message: Message) -> Result<(), Status> {
-        self.core
-            .send(Command::Peer {
-                from,
-                message,
-                reply: None,
-            })
-            .map_err(|_| overloaded())
     }
 
     /// Streams blocks `from..=to` (to the head if `to` is None) from disk.
     fn stream_chain(&self, from: u64, to: Option<u64>, limit: Option<u64>) -> BlockStream {
-        let (sender, receiver) = mpsc::channel(16);
+        let (sender, receiver) = mpsc::channel(CHAIN_STREAM_BUFFER_BLOCKS);
         let chain = self.chain.clone();
         tokio::spawn(async move {
             let mut next = from;
             let mut sent = 0u64;
             loop {
-                let remaining = limit.map_or(u64::MAX, |limit| limit - sent);
+                let remaining = limit.map_or(u64::MAX, |limit| limit.saturating_sub(sent));
                 let until = match to {
                     None => u64::MAX,
                     Some(to) if next > to => 0,
-                    Some(to) => to - next + 1,
+                    Some(to) => (to - next).saturating_add(1),
                 };
                 let count = (CHAIN_CHUNK_BLOCKS as u64).min(remaining).min(until) as usize;
                 if count == 0 {
@@ -172,59 +131,33 @@ impl Node {
 
 #[tonic::async_trait]
 impl PeerService for Node {
-    async fn heartbeat(
+    async fn stream(
         &self,
-        request: Request<proto::HeartbeatRequest>,
-    ) -> Result<Response<proto::HeartbeatReply>, Status> {
-        let (caller, message) = convert::from_heartbeat(request.into_inner()).map_err(invalid)?;
-        let from = self.admit(caller)?;
-        let answer = self.exchange(from, message, ReplyKind::Heartbeat).await?;
-        match answer {
-            Some(Message::HeartbeatReply(reply)) => {
-                Ok(Response::new(convert::heartbeat_reply(&reply)))
+        request: Request<Streaming<proto::PeerFrame>>,
+    ) -> Result<Response<proto::StreamClosed>, Status> {
+        let from = self.admit(convert::caller(request.metadata()).map_err(invalid)?)?;
+        let mut frames = request.into_inner();
+        loop {
+            let frame = match frames.message().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(Response::new(proto::StreamClosed {})),
+                Err(status) => {
+                    // The connection broke under the stream: the peer's process is gone. A cut
+                    // link closes no connection, and carries nothing, not even this.
+                    if self.links.takes_from(from) {
+                        let _ = self.core.send(Command::Disconnected(from));
+                    }
+                    return Err(status);
+                }
+            };
+            if !self.links.takes_from(from) {
+                continue;
             }
-            _ => Err(Status::internal("the core did not answer the heartbeat")),
+            let messages = convert::messages(frame).map_err(invalid)?;
+            if self.core.send(Command::Peer { from, messages }).is_err() {
+                tracing::debug!("core loop busy; dropping a frame from node {from}");
+            }
         }
-    }
-
-    async fn prepare(
-        &self,
-        request: Request<proto::PrepareRequest>,
-    ) -> Result<Response<proto::PrepareReply>, Status> {
-        let (caller, message) = convert::from_prepare(request.into_inner()).map_err(invalid)?;
-        let from = self.admit(caller)?;
-        let answer = self.exchange(from, message, ReplyKind::Prepare).await?;
-        Ok(Response::new(convert::prepare_reply(answer.as_ref())))
-    }
-
-    async fn accept(
-        &self,
-        request: Request<proto::AcceptRequest>,
-    ) -> Result<Response<proto::AcceptReply>, Status> {
-        let (caller, message) = convert::from_accept(request.into_inner()).map_err(invalid)?;
-        let from = self.admit(caller)?;
-        let answer = self.exchange(from, message, ReplyKind::Accept).await?;
-        Ok(Response::new(convert::accept_reply(answer.as_ref())))
-    }
-
-    async fn decide(
-        &self,
-        request: Request<proto::DecideRequest>,
-    ) -> Result<Response<proto::DecideReply>, Status> {
-        let (caller, message) = convert::from_decide(request.into_inner()).map_err(invalid)?;
-        let from = self.admit(caller)?;
-        self.deliver(from, message)?;
-        Ok(Response::new(proto::DecideReply {}))
-    }
-
-    async fn forward(
-        &self,
-        request: Request<proto::ForwardRequest>,
-    ) -> Result<Response<proto::ForwardReply>, Status> {
-        let (caller, message) = convert::from_forward(request.into_inner()).map_err(invalid)?;
-        let from = self.admit(caller)?;
-        self.deliver(from, message)?;
-        Ok(Response::new(proto::ForwardReply {}))
     }
 
     type FetchBlocksStream = BlockStream;
@@ -233,14 +166,14 @@ impl PeerService for Node {
         &self,
         request: Request<proto::FetchBlocksRequest>,
     ) -> Result<Response<BlockStream>, Status> {
-        let request = request.into_inner();
-        let from = self.admit(convert::caller(request.header).map_err(invalid)?)?;
-        if !self.links.sends_to(from) {
+        let from = self.admit(convert::caller(request.metadata()).map_err(invalid)?)?;
+        if !self.links.sends_to(from) || !self.links.takes_from(from) {
             return Err(Status::unavailable(format!(
-                "the link from node {} to node {from} is severed",
+                "the link between node {} and node {from} is severed",
                 self.id
             )));
         }
+        let request = request.into_inner();
         let limit = u64::from(request.limit.clamp(1, CATCH_UP_BLOCKS_MAX));
         Ok(Response::new(self.stream_chain(
             request.from_height,
@@ -275,22 +208,47 @@ impl LedgerService for Node {
             ms => Duration::from_millis(u64::from(ms)).min(TRANSFER_TIMEOUT_MAX),
         };
         let id = transfer.id.clone();
-        let (waiter, receiver) = oneshot::channel::<TransferResult>();
+        let (result, mut outcome) = oneshot::channel::<TransferResult>();
+        let (taken, mut taken_durably) = oneshot::channel();
+        let waiter = Waiter {
+            result,
+            taken: Some(taken),
+        };
         self.core
             .send(Command::Transfer { transfer, waiter })
             .map_err(|_| overloaded())?;
         use proto::transfer_reply::Result as Reply;
-        let result = match tokio::time::timeout(timeout, receiver).await {
-            Err(_) => Reply::Pending(proto::StillPending {
+        let answer = match tokio::time::timeout(timeout, &mut outcome).await {
+            Ok(answer) => Some(answer),
+            // "Still pending" must be true: the transfer must be durably in the pending log. A
+            // refusal or a commit that comes meanwhile is the answer instead.
+            Err(_) => {
+                let wait = async {
+                    tokio::select! {
+                        biased;
+                        answer = &mut outcome => Some(answer),
+                        taken = &mut taken_durably => match taken {
+                            Ok(()) => None,
+                            Err(_) => Some((&mut outcome).await),
+                        },
+                    }
+                };
+                tokio::time::timeout(DURABLE_WAIT_MAX, wait)
+                    .await
+                    .map_err(|_| Status::unavailable("the node's disk does not answer"))?
+            }
+        };
+        let result = match answer {
+            None => Reply::Pending(proto::StillPending {
                 id: id.as_str().to_string(),
             }),
-            Ok(outcome) => {
-                let outcome =
-                    outcome.map_err(|_| Status::unavailable("the node is shutting down"))?;
-                let committed = outcome.map_err(transfer_status)?;
+            Some(answer) => {
+                let answer =
+                    answer.map_err(|_| Status::unavailable("the node is shutting down"))?;
+                let committed = answer.map_err(transfer_status)?;
                 Reply::Committed(proto::Committed {
-                    height: committed.committed.height,
-                    outcome: Some((&committed.committed.outcome).into()),
+                    height: committed.height,
+                    outcome: Some((&committed.outcome).into()),
                     block_hash: committed.block_hash.0.to_vec(),
                 })
             }
@@ -550,7 +508,6 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let links = Arc::new(Links::default());
     let (core, commands) = core_loop::channel();
     let transport = Transport::start(
-        &tokio::runtime::Handle::current(),
         core_config.id,
         &settings.cluster,
         genesis_hash,
@@ -567,27 +524,27 @@ pub async fn serve(settings: Settings) -> Result<()> {
         started: Instant::now(),
         transfer_timeout: settings.transfer_timeout,
     };
-    let core_loop = CoreLoop::new(
-        replica,
-        storage,
-        transport,
+    let writer = WriterOptions {
+        fsync_delay: settings.fsync_delay,
+    };
+    let (writes, written) =
+        core_loop::start_writer(storage, writer).context("cannot start the writer thread")?;
+    let core_task = tokio::spawn(core_loop::run(
+        Host::new(replica),
+        NodeEnvironment::new(transport, writes),
         commands,
+        written,
         settings.heartbeat,
         genesis_hash,
-    );
-    std::thread::Builder::new()
-        .name("benmo-core".to_string())
-        .spawn(move || {
-            // A panic in the core is a broken invariant (say, two values decided for one slot).
-            // The node must not limp on without its core: the whole process ends, loudly.
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core_loop.run()));
-            if outcome.is_err() {
-                tracing::error!("the consensus core stopped on a broken invariant; exiting");
-                std::process::exit(70);
-            }
-        })
-        .context("cannot start the core thread")?;
+    ));
+    tokio::spawn(async move {
+        // A panic in the core is a broken invariant (say, two values decided for one slot).
+        // The node must not limp on without its core: the whole process ends, loudly.
+        if core_task.await.is_err() {
+            tracing::error!("the consensus core stopped on a broken invariant; exiting");
+            std::process::exit(70);
+        }
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LedgerServiceServer<Node>>().await;

@@ -10,7 +10,12 @@
 //! | `a` + slot (u64 BE)  | an accepted value (protobuf)           |
 //! | `c` + height (u64 BE)| a block of the chain (protobuf)        |
 //! | `q` + transfer id    | a pending transfer (protobuf)          |
-//! | `x` + transfer id    | the dedup index: where the id was first ordered (u64 BE) |
+//! | `s`                  | the ledger's state at the head block (see [`encode_snapshot`]) |
+//! | `x` + transfer id    | the dedup index: where the id was first ordered (height u64 BE, entry u32 BE) |
+//!
+//! The dedup index is the ledger's [`Archive`]: the core keeps only recent transfer ids in memory
+//! and looks older ones up here, and restarts resume from the `s` snapshot instead of replaying the
+//! chain, so memory and start-up time stay flat however long the chain grows.
 //!
 //! Durability: sled syncs on its own only every 500 ms, and on Linux its `flush()` issues
 //! `sync_file_range` but no `fsync` (spacejam/sled#1452), which neither persists file metadata
@@ -23,9 +28,12 @@ use std::path::{Path, PathBuf};
 
 use benmo::convert::ConvertError;
 use benmo::proto;
+use std::sync::Arc;
+
 use benmo_paxos::storage::AcceptorState;
 use benmo_paxos::{
-    Ballot, Batch, Block, Hash, Height, NodeId, Storage, Transfer, TransferId, Write,
+    Archive, Ballot, Batch, Block, Hash, Height, LedgerSnapshot, NodeId, Record, Storage, Transfer,
+    TransferId, Write,
 };
 use prost::Message;
 
@@ -40,6 +48,7 @@ const PROMISED: u8 = b'p';
 const ACCEPTED: u8 = b'a';
 const CHAIN: u8 = b'c';
 const PENDING: u8 = b'q';
+const SNAPSHOT: u8 = b's';
 const INDEX: u8 = b'x';
 
 /// Who a data directory belongs to. A node refuses a directory written for anyone else.
@@ -204,6 +213,32 @@ fn decode<T: Message + Default>(key: &[u8], bytes: &[u8]) -> Result<T, StorageEr
 
 fn converted<T>(key: &[u8], result: Result<T, ConvertError>) -> Result<T, StorageError> {
     result.map_err(|error| corrupted(key, error))
+}
+
+/// The snapshot's bytes: height (u64 BE), head hash (32 bytes), transfer count (u64 BE), then
+/// each balance (u64 BE).
+fn encode_snapshot(snapshot: &LedgerSnapshot) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(48 + 8 * snapshot.balances.len());
+    bytes.extend_from_slice(&snapshot.height.to_be_bytes());
+    bytes.extend_from_slice(&snapshot.head_hash.0);
+    bytes.extend_from_slice(&snapshot.transfers.to_be_bytes());
+    for balance in &snapshot.balances {
+        bytes.extend_from_slice(&balance.to_be_bytes());
+    }
+    bytes
+}
+
+fn decode_snapshot(key: &[u8], bytes: &[u8]) -> Result<LedgerSnapshot, StorageError> {
+    if bytes.len() < 48 || (bytes.len() - 48) % 8 != 0 {
+        return Err(corrupted(key, "a snapshot is 48 bytes and 8 per account"));
+    }
+    let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    Ok(LedgerSnapshot {
+        height: u64_at(0),
+        head_hash: Hash(bytes[8..40].try_into().expect("32 bytes")),
+        transfers: u64_at(40),
+        balances: (48..bytes.len()).step_by(8).map(u64_at).collect(),
+    })
 }
 
 fn encode_accepted(ballot: Ballot, batch: &Batch) -> Vec<u8> {
@@ -440,11 +475,10 @@ impl SledStorage {
 
     /// Where the transfer `id` was first ordered, from the dedup index.
     pub fn first_height(&self, id: &TransferId) -> Result<Option<Height>, StorageError> {
-        let key = key(INDEX, id.as_str().as_bytes());
-        match self.tree.get(&key)? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(be_u64(&key, &bytes)?)),
-        }
+        let archive = SledArchive {
+            tree: self.tree.clone(),
+        };
+        Ok(archive.read(id)?.map(|record| record.height))
     }
 
     /// A read-only handle on the chain.
@@ -508,15 +542,17 @@ impl Storage for SledStorage {
                         key(CHAIN, &block.height.to_be_bytes()),
                         proto::Block::from(block).encode_to_vec(),
                     );
-                    for entry in &block.entries {
+                    for (index, entry) in block.entries.iter().enumerate() {
                         if !matches!(entry.outcome, benmo_paxos::Outcome::Duplicate { .. }) {
-                            batch.insert(
-                                key(INDEX, entry.transfer.id.as_str().as_bytes()),
-                                block.height.to_be_bytes().to_vec(),
-                            );
+                            let mut place = block.height.to_be_bytes().to_vec();
+                            place.extend_from_slice(&(index as u32).to_be_bytes());
+                            batch.insert(key(INDEX, entry.transfer.id.as_str().as_bytes()), place);
                         }
                     }
                     height = Some(block.height);
+                }
+                Write::Snapshot(snapshot) => {
+                    batch.insert(vec![SNAPSHOT], encode_snapshot(snapshot));
                 }
                 Write::AddPending(transfer) => {
                     batch.insert(
@@ -574,6 +610,64 @@ impl Storage for SledStorage {
 
     fn blocks(&self, from: Height, limit: usize) -> Result<Vec<Block>, StorageError> {
         read_blocks(&self.tree, from, limit)
+    }
+
+    fn snapshot(&self) -> Result<Option<LedgerSnapshot>, StorageError> {
+        let key = [SNAPSHOT];
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(bytes) => decode_snapshot(&key, &bytes).map(Some),
+        }
+    }
+
+    fn archive(&self) -> Arc<dyn Archive> {
+        Arc::new(SledArchive {
+            tree: self.tree.clone(),
+        })
+    }
+}
+
+/// The dedup index on disk, as the ledger's archive. A read that fails ends the node's core (the
+/// ledger cannot decide a transfer's outcome without it), as every storage error does.
+#[derive(Debug)]
+struct SledArchive {
+    tree: sled::Tree,
+}
+
+impl SledArchive {
+    fn read(&self, id: &TransferId) -> Result<Option<Record>, StorageError> {
+        let index_key = key(INDEX, id.as_str().as_bytes());
+        let Some(place) = self.tree.get(&index_key)? else {
+            return Ok(None);
+        };
+        if place.len() != 12 {
+            return Err(corrupted(&index_key, "an index entry is 12 bytes"));
+        }
+        let height = be_u64(&index_key, &place[..8])?;
+        let entry = u32::from_be_bytes(place[8..].try_into().expect("4 bytes")) as usize;
+        let block = read_blocks(&self.tree, height, 1)?
+            .pop()
+            .ok_or_else(|| corrupted(&index_key, format!("names missing block {height}")))?;
+        let found = block
+            .entries
+            .get(entry)
+            .filter(|found| found.transfer.id == *id)
+            .ok_or_else(|| corrupted(&index_key, format!("names no entry of block {height}")))?;
+        Ok(Some(Record {
+            height,
+            block_hash: block.hash,
+            transfer: found.transfer.clone(),
+            outcome: found.outcome.clone(),
+        }))
+    }
+}
+
+impl Archive for SledArchive {
+    fn lookup(&self, id: &TransferId) -> Option<Record> {
+        match self.read(id) {
+            Ok(record) => record,
+            Err(error) => panic!("cannot read the dedup index: {error}"),
+        }
     }
 }
 

@@ -1,17 +1,23 @@
-//! Outgoing peer traffic: every core message becomes a unary RPC to its peer (and a reply, if the
-//! RPC has one, comes back to the core as a message from that peer); catch-up fetches stream
-//! blocks. A failed call is a lost message: the core retransmits what matters.
+//! Outgoing peer traffic. For every peer, one task keeps one long-lived `Stream` call open and
+//! writes into it, in order, each frame of messages the core loop has for that peer; the peer's
+//! own messages arrive on the stream it keeps open to us (see `service`). Catch-up fetches are
+//! separate server-streaming calls on the same connection.
+//!
+//! A frame that cannot be sent (the peer is down, its queue is full, the link is cut) is a lost
+//! message: the core retransmits what matters. A call that ends is opened again with the next
+//! frame, so a restarted peer is reached as soon as it listens.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use benmo::cluster::Cluster;
-use benmo::convert::{self, PeerRequest};
+use benmo::convert;
 use benmo::proto;
 use benmo::proto::peer_service_client::PeerServiceClient;
 use benmo_paxos::{Block, Hash, Height, Message, NodeId};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tracing::debug;
 
@@ -20,20 +26,21 @@ use crate::links::Links;
 
 /// The most blocks asked for in one catch-up fetch.
 pub const CATCH_UP_BLOCKS_MAX: u32 = 256;
-/// Outgoing messages queued per peer before new ones are dropped.
-const PEER_QUEUE_MAX: usize = 8_192;
-/// Calls in flight per peer.
-const PEER_CALLS_MAX: usize = 256;
+/// Frames queued per peer before new ones are dropped.
+const PEER_QUEUE_MAX: usize = 4_096;
+/// Frames buffered in an open stream before new ones are dropped (the peer is not reading).
+const STREAM_FRAMES_MAX: usize = 1_024;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a call may take before it counts as lost.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// The largest peer message, either way. A Promise carries every value its acceptor accepted
-/// above its height, which can be many blocks: far above gRPC's default of 4 MiB.
-pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// How long a catch-up fetch may take before it counts as lost.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest peer frame or block, either way. A Promise carries at most twice the deepest
+/// pipeline of accepted batches (see the core's `ACCEPT_AHEAD_MAX`), and a batch at most
+/// `BATCH_TRANSFERS_LIMIT` transfers; with the default batch limit a Promise stays below a few MiB.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 enum Outbound {
-    Message(Message),
+    Frame(Vec<Message>),
     Fetch(Height),
 }
 
@@ -45,7 +52,6 @@ pub struct Transport {
 impl Transport {
     /// Starts one sender task per peer on the current tokio runtime.
     pub fn start(
-        runtime: &tokio::runtime::Handle,
         id: NodeId,
         cluster: &Cluster,
         genesis_hash: Hash,
@@ -54,30 +60,28 @@ impl Transport {
     ) -> anyhow::Result<Transport> {
         let mut queues = BTreeMap::new();
         for (peer, address) in cluster.iter().filter(|(peer, _)| *peer != id) {
-            let channel = {
-                let _guard = runtime.enter();
-                benmo::dial::channel(address, CONNECT_TIMEOUT, CALL_TIMEOUT)?
-            };
+            // Calls of their own have no deadline: a stream lives as long as both nodes do.
+            let channel = benmo::dial::channel(address, CONNECT_TIMEOUT, None)?;
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
             let peer_sender = PeerSender {
+                id,
                 peer,
                 client: PeerServiceClient::new(channel)
                     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-                header: convert::header(id, genesis_hash),
+                genesis_hash,
                 links: links.clone(),
                 core: core.clone(),
-                calls: Arc::new(Semaphore::new(PEER_CALLS_MAX)),
             };
-            runtime.spawn(peer_sender.run(receiver));
+            tokio::spawn(peer_sender.run(receiver));
             queues.insert(peer, sender);
         }
         Ok(Transport { queues })
     }
 
-    /// Sends `message` to `peer` (or drops it if the peer's queue is full).
-    pub fn send(&self, peer: NodeId, message: Message) {
-        self.enqueue(peer, Outbound::Message(message));
+    /// Sends `messages` to `peer` as one frame (or drops them if the peer's queue is full).
+    pub fn send(&self, peer: NodeId, messages: Vec<Message>) {
+        self.enqueue(peer, Outbound::Frame(messages));
     }
 
     /// Fetches `peer`'s blocks from height `from`; they come back as [`Command::Blocks`].
@@ -88,7 +92,7 @@ impl Transport {
     fn enqueue(&self, peer: NodeId, outbound: Outbound) {
         if let Some(queue) = self.queues.get(&peer) {
             if queue.try_send(outbound).is_err() {
-                debug!("queue to node {peer} is full; dropping a message");
+                debug!("queue to node {peer} is full; dropping a frame");
             }
         }
     }
@@ -96,98 +100,66 @@ impl Transport {
 
 #[derive(Clone)]
 struct PeerSender {
+    id: NodeId,
     peer: NodeId,
     client: PeerServiceClient<Channel>,
-    header: proto::PeerHeader,
+    genesis_hash: Hash,
     links: Arc<Links>,
     core: CoreHandle,
-    calls: Arc<Semaphore>,
 }
 
 impl PeerSender {
-    async fn run(self, mut receiver: mpsc::Receiver<Outbound>) {
-        while let Some(outbound) = receiver.recv().await {
-            if !self.links.sends_to(self.peer) {
-                continue;
-            }
-            let Ok(permit) = self.calls.clone().acquire_owned().await else {
-                return;
-            };
-            let sender = self.clone();
-            tokio::spawn(async move {
-                match outbound {
-                    Outbound::Message(message) => sender.call(message).await,
-                    Outbound::Fetch(from) => sender.fetch(from).await,
+    async fn run(self, mut queue: mpsc::Receiver<Outbound>) {
+        let mut stream: Option<mpsc::Sender<proto::PeerFrame>> = None;
+        while let Some(outbound) = queue.recv().await {
+            match outbound {
+                Outbound::Fetch(from) => {
+                    if self.links.sends_to(self.peer) {
+                        tokio::spawn(self.clone().fetch(from));
+                    } else {
+                        self.deliver_blocks(Vec::new());
+                    }
                 }
-                drop(permit);
-            });
-        }
-    }
-
-    async fn call(mut self, message: Message) {
-        let request = match convert::request(message, self.header.clone()) {
-            Ok(request) => request,
-            Err(reply) => {
-                debug!(
-                    "a {} is only ever a reply; not sending it as a request",
-                    reply.kind()
-                );
-                return;
+                Outbound::Frame(messages) => {
+                    if !self.links.sends_to(self.peer) {
+                        continue;
+                    }
+                    let open = stream.as_ref().filter(|stream| !stream.is_closed());
+                    let sender = match open {
+                        Some(sender) => sender,
+                        None => stream.insert(self.open()),
+                    };
+                    if sender.try_send(convert::frame(&messages)).is_err() {
+                        debug!("stream to node {} is full; dropping a frame", self.peer);
+                    }
+                }
             }
-        };
-        let reply = match request {
-            PeerRequest::Heartbeat(request) => match self.client.heartbeat(request).await {
-                Ok(response) => convert::from_heartbeat_reply(response.into_inner()).map(Some),
-                Err(status) => return self.lost("heartbeat", status),
-            },
-            PeerRequest::Prepare(request) => match self.client.prepare(request).await {
-                Ok(response) => convert::from_prepare_reply(response.into_inner()),
-                Err(status) => return self.lost("prepare", status),
-            },
-            PeerRequest::Accept(request) => match self.client.accept(request).await {
-                Ok(response) => convert::from_accept_reply(response.into_inner()),
-                Err(status) => return self.lost("accept", status),
-            },
-            PeerRequest::Decide(request) => match self.client.decide(request).await {
-                Ok(_) => Ok(None),
-                Err(status) => return self.lost("decide", status),
-            },
-            PeerRequest::Forward(request) => match self.client.forward(request).await {
-                Ok(_) => Ok(None),
-                Err(status) => return self.lost("forward", status),
-            },
-        };
-        match reply {
-            Ok(Some(message)) => self.deliver(message),
-            Ok(None) => {}
-            Err(error) => debug!("malformed reply from node {}: {error}", self.peer),
         }
     }
 
-    fn deliver(&self, message: Message) {
-        if !self.links.takes_from(self.peer) {
-            return;
-        }
-        let command = Command::Peer {
-            from: self.peer,
-            message,
-            reply: None,
-        };
-        if self.core.send(command).is_err() {
-            debug!("core loop busy; dropping a reply from node {}", self.peer);
-        }
-    }
-
-    fn lost(&self, kind: &str, status: tonic::Status) {
-        debug!("{kind} to node {} lost: {}", self.peer, status.message());
+    /// Opens a `Stream` call; frames put into the returned sender travel on it, in order. When the
+    /// call ends, the sender reports closed and the next frame opens a new call.
+    fn open(&self) -> mpsc::Sender<proto::PeerFrame> {
+        let (sender, frames) = mpsc::channel(STREAM_FRAMES_MAX);
+        let mut request = tonic::Request::new(ReceiverStream::new(frames));
+        convert::name_caller(&mut request, self.id, self.genesis_hash);
+        let mut client = self.client.clone();
+        let peer = self.peer;
+        tokio::spawn(async move {
+            if let Err(status) = client.stream(request).await {
+                debug!("stream to node {peer} ended: {}", status.message());
+            }
+        });
+        sender
     }
 
     async fn fetch(mut self, from: Height) {
-        let request = proto::FetchBlocksRequest {
-            header: Some(self.header.clone()),
+        let mut request = tonic::Request::new(proto::FetchBlocksRequest {
             from_height: from,
             limit: CATCH_UP_BLOCKS_MAX,
-        };
+        });
+        convert::name_caller(&mut request, self.id, self.genesis_hash);
+        request.set_timeout(FETCH_TIMEOUT);
         let mut blocks: Vec<Block> = Vec::new();
         match self.client.fetch_blocks(request).await {
             Ok(response) => {
@@ -203,17 +175,22 @@ impl PeerSender {
                         },
                         Ok(None) => break,
                         Err(status) => {
-                            self.lost("fetch", status);
+                            debug!("fetch from node {} failed: {}", self.peer, status.message());
                             break;
                         }
                     }
                 }
             }
-            Err(status) => self.lost("fetch", status),
+            Err(status) => debug!("fetch from node {} failed: {}", self.peer, status.message()),
         }
         if !self.links.takes_from(self.peer) {
             blocks.clear();
         }
+        self.deliver_blocks(blocks);
+    }
+
+    /// Hands fetched blocks to the core; none says the fetch failed.
+    fn deliver_blocks(&self, blocks: Vec<Block>) {
         let command = Command::Blocks {
             from: self.peer,
             blocks,

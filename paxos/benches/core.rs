@@ -119,7 +119,7 @@ fn commit(criterion: &mut Criterion) {
                         cluster.replicas[leader as usize - 1]
                             .ledger()
                             .transfer_count(),
-                        count
+                        count as u64
                     );
                 },
                 BatchSize::SmallInput,

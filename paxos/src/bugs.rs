@@ -20,17 +20,51 @@ pub enum PlantedBug {
     SkipDeduplication,
     /// The ledger lets an account go below zero (its balance wraps around).
     SkipFundsCheck,
+    /// A leader counts its own vote for a slot before that vote is written (it sends its
+    /// Accepted to itself at once instead of once durable).
+    LeaderVoteBeforeWrite,
+    /// A leader decides a slot one vote short of a majority, so a transfer is acknowledged before
+    /// a quorum holds it durably.
+    DecideWithoutQuorum,
+    /// A client's transfer enters the pending log in memory only: a crash of its node loses it.
+    SkipPendingWrite,
+    /// A node answers a client whose transfer id was taken by a different transfer as if its own
+    /// transfer had committed.
+    AcknowledgeConflictingId,
+    /// An acceptor accepts values in ballots below the one it promised.
+    AcceptBelowPromise,
+    /// Finding 1 of the liveness issue: a candidate fetches the blocks it lacks only from the
+    /// promiser that reported them, and never gives up its candidacy.
+    FetchOnlyFromAheadPromiser,
+    /// Finding 2 of the liveness issue: catch-up always asks the peer reporting the greatest
+    /// height, whether or not it can be reached.
+    FetchFromSamePeer,
+    /// Finding 3 of the liveness issue: the host steps nothing while a write is on its way to
+    /// disk, and then takes the tick before the replies that queued up meanwhile.
+    SynchronousWrites,
+    /// A node whose data directory was emptied starts anew, as if the cluster were new, instead of
+    /// refusing to start: it forgets its promises and votes.
+    StartOnWipedDisk,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 15] = [
         PlantedBug::ReplyBeforePersist,
         PlantedBug::ForgetPromiseOnRestart,
         PlantedBug::IgnorePromisedValues,
         PlantedBug::BallotWithoutNodeId,
         PlantedBug::SkipDeduplication,
         PlantedBug::SkipFundsCheck,
+        PlantedBug::LeaderVoteBeforeWrite,
+        PlantedBug::DecideWithoutQuorum,
+        PlantedBug::SkipPendingWrite,
+        PlantedBug::AcknowledgeConflictingId,
+        PlantedBug::AcceptBelowPromise,
+        PlantedBug::FetchOnlyFromAheadPromiser,
+        PlantedBug::FetchFromSamePeer,
+        PlantedBug::SynchronousWrites,
+        PlantedBug::StartOnWipedDisk,
     ];
 
     /// The bug's name in kebab case, as the simulator's `--planted-bug` flag takes it.
@@ -42,6 +76,15 @@ impl PlantedBug {
             PlantedBug::BallotWithoutNodeId => "ballot-without-node-id",
             PlantedBug::SkipDeduplication => "skip-deduplication",
             PlantedBug::SkipFundsCheck => "skip-funds-check",
+            PlantedBug::LeaderVoteBeforeWrite => "leader-vote-before-write",
+            PlantedBug::DecideWithoutQuorum => "decide-without-quorum",
+            PlantedBug::SkipPendingWrite => "skip-pending-write",
+            PlantedBug::AcknowledgeConflictingId => "acknowledge-conflicting-id",
+            PlantedBug::AcceptBelowPromise => "accept-below-promise",
+            PlantedBug::FetchOnlyFromAheadPromiser => "fetch-only-from-ahead-promiser",
+            PlantedBug::FetchFromSamePeer => "fetch-from-same-peer",
+            PlantedBug::SynchronousWrites => "synchronous-writes",
+            PlantedBug::StartOnWipedDisk => "start-on-wiped-disk",
         }
     }
 

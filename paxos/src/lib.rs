@@ -27,8 +27,8 @@ pub mod types;
 pub use bugs::{PlantedBug, PlantedBugs};
 pub use config::{Config, ConfigError};
 pub use ledger::{
-    AccountId, Batch, Block, ChainError, Entry, Hash, Ledger, Outcome, Record, Rejection, Transfer,
-    TransferId,
+    AccountId, Archive, Batch, Block, ChainError, Entry, Hash, Ledger, LedgerSnapshot, Outcome,
+    Record, Rejection, Transfer, TransferId,
 };
 pub use message::Message;
 pub use replica::{

@@ -62,7 +62,8 @@ pub struct HeartbeatReply {
 pub struct Prepare {
     /// The candidate's ballot.
     pub ballot: Ballot,
-    /// The candidate's height; the promise reports everything the acceptor accepted above its own height.
+    /// The candidate's height; the promise reports what the acceptor accepted above it (and above
+    /// the acceptor's own height): only what the candidate needs.
     pub decided: Height,
 }
 
@@ -84,7 +85,8 @@ pub struct Promise {
     pub ballot: Ballot,
     /// The acceptor's height: every slot up to it is decided.
     pub decided: Height,
-    /// Every value the acceptor accepted for a slot above its height, with its ballot.
+    /// Every value the acceptor accepted for a slot above its height and above the candidate's,
+    /// with its ballot.
     pub accepted: Vec<AcceptedValue>,
 }
 
@@ -143,14 +145,16 @@ impl Message {
     ///
     /// - a Promise and an Accepted are the acceptor's promise and vote (Paxos' safety rests on
     ///   them surviving a crash);
-    /// - a Prepare and an Accept carry a ballot whose promise the sender just wrote: sent before
-    ///   that is durable, a crash could let the node reuse the ballot for other values.
+    /// - a Prepare carries a ballot whose promise the sender just wrote: sent before that is
+    ///   durable, a crash could let the node reuse the ballot for other values.
     ///
-    /// Heartbeats, forwards, refusals and decisions vouch for nothing not already durable.
+    /// An Accept does not: only a leader sends one, and its ballot's promise was durable before its
+    /// Prepares left. Heartbeats, forwards, refusals and decisions vouch for nothing not already
+    /// durable.
     pub fn vouches_for_writes(&self) -> bool {
         matches!(
             self,
-            Message::Prepare(_) | Message::Promise(_) | Message::Accept(_) | Message::Accepted(_)
+            Message::Prepare(_) | Message::Promise(_) | Message::Accepted(_)
         )
     }
 

@@ -9,6 +9,15 @@ pub type NodeId = u32;
 /// A block height. Slot `h` of Multi-Paxos decides block `h`; block 0 is the genesis.
 pub type Height = u64;
 
+/// The highest ballot round a correct node ever uses. Rounds grow by one per election, so no
+/// cluster comes near it; a message with a higher round is impossible and is refused, which keeps
+/// `round + 1` from ever overflowing.
+pub const ROUND_MAX: u64 = u64::MAX / 4;
+
+/// The highest slot or height a correct node ever names. A message naming a higher one is
+/// impossible and is refused, which keeps `height + 1` and similar sums from ever overflowing.
+pub const HEIGHT_MAX: Height = u64::MAX / 4;
+
 /// A Paxos ballot: totally ordered by `round`, then by `node`, so two nodes never share one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Ballot {
@@ -25,6 +34,13 @@ impl Ballot {
     /// Creates the ballot `(round, node)`.
     pub fn new(round: u64, node: NodeId) -> Ballot {
         Ballot { round, node }
+    }
+
+    /// The first ballot of `node` above every round in `rounds`, or `None` if that round would pass
+    /// [`ROUND_MAX`] (only an impossible ballot that slipped past the checks could cause that).
+    pub fn above(rounds: impl IntoIterator<Item = u64>, node: NodeId) -> Option<Ballot> {
+        let round = rounds.into_iter().max().unwrap_or(0).checked_add(1)?;
+        (round <= ROUND_MAX).then_some(Ballot { round, node })
     }
 }
 
@@ -56,5 +72,17 @@ mod tests {
         assert!(Ballot::new(2, 1) < Ballot::new(2, 3));
         assert_ne!(Ballot::new(2, 1), Ballot::new(2, 3));
         assert!(Ballot::ZERO < Ballot::new(0, 1));
+    }
+
+    #[test]
+    fn a_ballot_above_never_overflows() {
+        assert_eq!(Ballot::above([3, 7, 5], 2), Some(Ballot::new(8, 2)));
+        assert_eq!(Ballot::above([], 1), Some(Ballot::new(1, 1)));
+        assert_eq!(
+            Ballot::above([ROUND_MAX - 1], 1),
+            Some(Ballot::new(ROUND_MAX, 1))
+        );
+        assert_eq!(Ballot::above([ROUND_MAX], 1), None);
+        assert_eq!(Ballot::above([u64::MAX], 1), None);
     }
 }

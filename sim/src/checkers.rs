@@ -3,11 +3,11 @@
 //! Each checker keeps its own record of what it has seen and judges every new observation
 //! against it; none of them trusts the core's own bookkeeping.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use benmo_paxos::{
-    Ballot, Block, Committed, Hash, Height, Message, NodeId, Outcome, Rejection, Replica, Transfer,
-    TransferId,
+    Ballot, Batch, Block, Committed, Hash, Height, Message, NodeId, Outcome, Rejection, Replica,
+    Transfer, TransferId, Write,
 };
 
 /// A broken invariant.
@@ -166,15 +166,19 @@ impl LedgerModel {
         }
     }
 
-    /// Applies a newly chosen block, judging each entry.
+    /// Applies a newly chosen block, judging each entry. `submitted` holds every transfer a
+    /// client submitted under each id (more than one when clients reused an id).
     pub fn apply(
         &mut self,
         block: &Block,
-        submitted: &HashMap<TransferId, Transfer>,
+        submitted: &HashMap<TransferId, Vec<Transfer>>,
     ) -> Result<(), Violation> {
         for entry in &block.entries {
             let transfer = &entry.transfer;
-            if submitted.get(&transfer.id) != Some(transfer) {
+            let known = submitted
+                .get(&transfer.id)
+                .is_some_and(|variants| variants.contains(transfer));
+            if !known {
                 return violation(
                     "validity",
                     format!(
@@ -448,5 +452,137 @@ impl Acknowledgements {
     /// Whether none were.
     pub fn is_empty(&self) -> bool {
         self.acknowledged.is_empty()
+    }
+}
+
+/// Agreement on chosen values, judged from what reached the disks: a value is chosen for a slot
+/// once a majority of nodes durably accepted it in one ballot. No two values are ever chosen for
+/// one slot, and no node applies a block whose batch was not chosen first (which catches a leader
+/// that decides, or acknowledges, before a majority of its votes is durable).
+#[derive(Debug)]
+pub struct ChosenValues {
+    majority: usize,
+    votes: HashMap<(Height, Ballot), (Batch, BTreeSet<NodeId>)>,
+    chosen: BTreeMap<Height, Batch>,
+}
+
+impl ChosenValues {
+    /// Nothing voted yet.
+    pub fn new(nodes: u32) -> ChosenValues {
+        ChosenValues {
+            majority: nodes as usize / 2 + 1,
+            votes: HashMap::new(),
+            chosen: BTreeMap::new(),
+        }
+    }
+
+    /// Records the votes among `writes`, which just became durable on `node`.
+    pub fn observe_durable(&mut self, node: NodeId, writes: &[Write]) -> Result<(), Violation> {
+        for write in writes {
+            let Write::Accept {
+                slot,
+                ballot,
+                batch,
+            } = write
+            else {
+                continue;
+            };
+            let (value, voters) = self
+                .votes
+                .entry((*slot, *ballot))
+                .or_insert_with(|| (batch.clone(), BTreeSet::new()));
+            if value != batch {
+                return violation(
+                    "chosen-agreement",
+                    format!(
+                        "node {node} accepted another value for slot {slot} in ballot {ballot}"
+                    ),
+                );
+            }
+            voters.insert(node);
+            if voters.len() < self.majority {
+                continue;
+            }
+            match self.chosen.get(slot) {
+                Some(chosen) if chosen != batch => {
+                    return violation(
+                        "chosen-agreement",
+                        format!(
+                            "slot {slot} was chosen with one batch and now with another in ballot {ballot} (voters {voters:?})"
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.chosen.insert(*slot, batch.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges a block `node` applied: its batch must have been chosen.
+    pub fn check_block(&self, node: NodeId, block: &Block) -> Result<(), Violation> {
+        if block.height == 0 {
+            return Ok(());
+        }
+        match self.chosen.get(&block.height) {
+            Some(chosen) if *chosen == block.batch() => Ok(()),
+            Some(_) => violation(
+                "chosen-agreement",
+                format!(
+                    "node {node} applied block {} with a batch other than the chosen one",
+                    block.height
+                ),
+            ),
+            None => violation(
+                "chosen-agreement",
+                format!(
+                    "node {node} applied block {} before a majority of nodes held its batch durably",
+                    block.height
+                ),
+            ),
+        }
+    }
+}
+
+/// The pending log survives a crash of its node: every transfer a node told a client it holds
+/// durably (its Transfer call may then say "still pending") is, after a restart of that node,
+/// still in its pending log or in its chain.
+#[derive(Debug)]
+pub struct PendingClaims {
+    claims: Vec<HashSet<TransferId>>,
+}
+
+impl PendingClaims {
+    /// No claims yet.
+    pub fn new(nodes: u32) -> PendingClaims {
+        PendingClaims {
+            claims: vec![HashSet::new(); nodes as usize],
+        }
+    }
+
+    /// `node` holds `id` durably in its pending log.
+    pub fn claim(&mut self, node: NodeId, id: &TransferId) {
+        self.claims[node as usize - 1].insert(id.clone());
+    }
+
+    /// Judges `node`'s restored state against its claims; keeps those still pending.
+    pub fn restart(&mut self, node: NodeId, replica: &Replica) -> Result<(), Violation> {
+        let pending: HashSet<&TransferId> =
+            replica.pending().map(|transfer| &transfer.id).collect();
+        let claims = &mut self.claims[node as usize - 1];
+        for id in claims.iter() {
+            if !pending.contains(id) && replica.ledger().lookup(id).is_none() {
+                return violation(
+                    "pending-durable",
+                    format!(
+                        "node {node} held transfer {id} durably in its pending log, but after its restart it is neither pending nor in its chain"
+                    ),
+                );
+            }
+        }
+        claims.retain(|id| pending.contains(id));
+        Ok(())
     }
 }

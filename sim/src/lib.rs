@@ -1,14 +1,18 @@
-//! A deterministic simulation of a whole Benmo cluster, driving the real consensus core
-//! ([`benmo_paxos::Replica`]) on a simulated network, disk and clock.
+//! A deterministic simulation of a whole Benmo cluster: every node is the node's own host loop
+//! ([`benmo_node::host::Host`]) around the real consensus core ([`benmo_paxos::Replica`]), on a
+//! simulated network, disk and clock.
 //!
-//! - [`world`]: the cluster, the network with its faults, crashing and restarting nodes, and
-//!   clients that submit valid and invalid transfers and retry.
+//! - [`world`]: the cluster, the network with its faults, disks that are slow or fail, crashing,
+//!   restarting and wiped nodes, and clients that submit valid, invalid and conflicting transfers
+//!   and retry; the healing and the lasting-fault modes.
+//! - [`environment`]: the host's environment on the simulated world.
 //! - [`checkers`]: one checker per invariant, run after every step.
 //! - [`scenarios`]: the OmniPaxos partial-connectivity shapes, measured.
 //!
 //! [`run_seed`] runs one seed end to end; the `benmo-sim` binary runs ranges of seeds.
 
 pub mod checkers;
+pub mod environment;
 pub mod scenarios;
 pub mod world;
 
@@ -19,7 +23,7 @@ use std::sync::Once;
 use benmo_paxos::PlantedBugs;
 
 pub use checkers::Violation;
-pub use world::{Options, Stats, World};
+pub use world::{Mode, Options, Stats, World};
 
 /// The outcome of one seed.
 #[derive(Clone, Debug)]
@@ -34,13 +38,20 @@ pub struct SeedReport {
 
 /// Runs one randomized scenario for `seed` and reports how it went. A panic inside the core (one
 /// of its own invariant assertions) is reported as a violation, not propagated.
-pub fn run_seed(seed: u64, nodes: u32, planted_bugs: PlantedBugs, trace: bool) -> SeedReport {
+pub fn run_seed(
+    seed: u64,
+    nodes: u32,
+    mode: Mode,
+    planted_bugs: PlantedBugs,
+    trace: bool,
+) -> SeedReport {
     let options = Options {
         seed,
         nodes,
         planted_bugs,
         trace,
         vary_config: true,
+        mode,
     };
     let mut world = World::new(options);
     let outcome = quietly(|| catch_unwind(AssertUnwindSafe(|| world.run_random())));
@@ -92,11 +103,20 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The command that replays one seed exactly.
-pub fn replay_command(seed: u64, nodes: u32, planted: Option<benmo_paxos::PlantedBug>) -> String {
+pub fn replay_command(
+    seed: u64,
+    nodes: u32,
+    mode: Mode,
+    planted: Option<benmo_paxos::PlantedBug>,
+) -> String {
+    let mode = match mode {
+        Mode::Healing => String::new(),
+        Mode::Lasting => " --mode lasting".to_string(),
+    };
     match planted {
-        None => format!("cargo run --release -p benmo-sim -- --seed {seed} --nodes {nodes}"),
+        None => format!("cargo run --release -p benmo-sim -- --seed {seed} --nodes {nodes}{mode}"),
         Some(bug) => format!(
-            "cargo run --release -p benmo-sim --features planted-bugs -- --seed {seed} --nodes {nodes} --planted-bug {}",
+            "cargo run --release -p benmo-sim --features planted-bugs -- --seed {seed} --nodes {nodes}{mode} --planted-bug {}",
             bug.name()
         ),
     }

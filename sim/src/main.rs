@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use benmo_paxos::{PlantedBug, PlantedBugs};
 use benmo_sim::scenarios::{self, election_timeout_ms_max, Shape};
-use benmo_sim::{replay_command, run_seed, SeedReport};
+use benmo_sim::{replay_command, run_seed, Mode, SeedReport};
 use clap::Parser;
 
 /// Simulates a Benmo cluster under faults and checks every invariant after every step.
@@ -38,10 +38,16 @@ struct Arguments {
     /// Plant a known bug in the core (needs the `planted-bugs` feature).
     #[arg(long)]
     planted_bug: Option<String>,
-    /// Instead of random faults, build one OmniPaxos partial-connectivity shape per seed and
-    /// report how long the cluster takes to commit again: quorum-loss, constrained-election or
-    /// chained.
-    #[arg(long, conflicts_with = "planted_bug")]
+    /// Which liveness promise to check: `healing` (faults, then everything heals: every transfer
+    /// decided, chains converge) or `lasting` (faults, then a lasting fault set that leaves a
+    /// connected majority: every transfer sent to a node that can talk to it is answered within a
+    /// bound, and leadership stays put).
+    #[arg(long, default_value = "healing", value_parser = parse_mode)]
+    mode: Mode,
+    /// Instead of random faults, build one fault shape per seed and report how long the cluster
+    /// takes to commit again: the OmniPaxos shapes quorum-loss, constrained-election and chained,
+    /// or the lasting-fault findings promiser-lost and follower-cut-one-way.
+    #[arg(long)]
     scenario: Option<String>,
 }
 
@@ -59,26 +65,48 @@ fn main() -> Result<()> {
     };
     let planted_bugs = planted_bugs(planted)?;
     if let Some(name) = &arguments.scenario {
-        let Some(shape) = Shape::from_name(name) else {
-            bail!("unknown scenario {name:?}; known: quorum-loss, constrained-election, chained");
-        };
-        if !shape.applies_to(arguments.nodes) {
-            bail!(
-                "{name} does not apply to {} nodes: no node could reach a majority",
-                arguments.nodes
-            );
-        }
         let first = arguments.seed.unwrap_or(arguments.first_seed);
         let count = if arguments.seed.is_some() {
             1
         } else {
             arguments.seeds
         };
-        return run_scenario(shape, first, count, arguments.nodes, arguments.trace);
+        let (nodes, trace) = (arguments.nodes, arguments.trace);
+        let run: Box<dyn Fn(u64) -> Result<u64, benmo_sim::Violation>> = match name.as_str() {
+            "promiser-lost" => {
+                if nodes < 5 {
+                    bail!("promiser-lost needs 5 nodes or more: losing the leader and a promiser must leave a majority");
+                }
+                Box::new(move |seed| {
+                    scenarios::promiser_lost_with(seed, nodes, planted_bugs, trace)
+                })
+            }
+            "follower-cut-one-way" => Box::new(move |seed| {
+                scenarios::follower_cut_one_way(seed, nodes, planted_bugs, trace)
+            }),
+            name => {
+                let Some(shape) = Shape::from_name(name) else {
+                    bail!("unknown scenario {name:?}; known: quorum-loss, constrained-election, chained, promiser-lost, follower-cut-one-way");
+                };
+                if !shape.applies_to(nodes) {
+                    bail!("{name} does not apply to {nodes} nodes: no node could reach a majority");
+                }
+                Box::new(move |seed| {
+                    scenarios::run(seed, nodes, shape, trace).map(|recovery| recovery.recovery_ms)
+                })
+            }
+        };
+        return run_scenario(name, &*run, first, count, nodes);
     }
     if let Some(seed) = arguments.seed {
-        let report = run_seed(seed, arguments.nodes, planted_bugs, arguments.trace);
-        print_report(&report, arguments.nodes, planted);
+        let report = run_seed(
+            seed,
+            arguments.nodes,
+            arguments.mode,
+            planted_bugs,
+            arguments.trace,
+        );
+        print_report(&report, arguments.nodes, arguments.mode, planted);
         if report.result.is_err() {
             std::process::exit(1);
         }
@@ -99,7 +127,7 @@ fn main() -> Result<()> {
                 if seed >= end {
                     break;
                 }
-                let report = run_seed(seed, arguments.nodes, planted_bugs, false);
+                let report = run_seed(seed, arguments.nodes, arguments.mode, planted_bugs, false);
                 {
                     let mut totals = totals.lock().expect("no panics while holding it");
                     totals.0 += report.stats.steps;
@@ -107,7 +135,7 @@ fn main() -> Result<()> {
                     totals.2 += report.stats.acknowledged;
                 }
                 if report.result.is_err() {
-                    print_report(&report, arguments.nodes, planted);
+                    print_report(&report, arguments.nodes, arguments.mode, planted);
                     failures
                         .lock()
                         .expect("no panics while holding it")
@@ -152,29 +180,54 @@ fn planted_bugs(planted: Option<PlantedBug>) -> Result<PlantedBugs> {
     Ok(PlantedBugs::default())
 }
 
-fn print_report(report: &SeedReport, nodes: u32, planted: Option<PlantedBug>) {
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    match text {
+        "healing" => Ok(Mode::Healing),
+        "lasting" => Ok(Mode::Lasting),
+        _ => Err(format!("unknown mode {text:?}; known: healing, lasting")),
+    }
+}
+
+fn print_report(report: &SeedReport, nodes: u32, mode: Mode, planted: Option<PlantedBug>) {
     let stats = &report.stats;
     match &report.result {
-        Ok(()) => println!(
-            "seed {} passed: {} steps, {} faults ({} crashes), {} submitted, {} acknowledged, height {}, converged {} ms after faults stopped",
-            report.seed, stats.steps, stats.faults, stats.crashes, stats.submitted, stats.acknowledged, stats.height, stats.recovery_ms
-        ),
+        Ok(()) => {
+            println!(
+                "seed {} passed: {} steps, {} faults ({} crashes), {} submitted, {} acknowledged, height {}, converged {} ms after faults stopped",
+                report.seed, stats.steps, stats.faults, stats.crashes, stats.submitted, stats.acknowledged, stats.height, stats.recovery_ms
+            );
+            if mode == Mode::Lasting {
+                println!(
+                    "lasting faults: committed again after {} ms, slowest answer {} ms, {} leader changes after that",
+                    stats.lasting_recovery_ms, stats.lasting_answer_ms_max, stats.lasting_leader_changes
+                );
+            }
+        }
         Err(violation) => {
             println!(
                 "seed {} FAILED after {} steps: {} violated: {}",
                 report.seed, stats.steps, violation.checker, violation.detail
             );
-            println!("replay: {}", replay_command(report.seed, nodes, planted));
+            println!(
+                "replay: {}",
+                replay_command(report.seed, nodes, mode, planted)
+            );
         }
     }
 }
 
-fn run_scenario(shape: Shape, first: u64, count: u64, nodes: u32, trace: bool) -> Result<()> {
+fn run_scenario(
+    name: &str,
+    run: &dyn Fn(u64) -> Result<u64, benmo_sim::Violation>,
+    first: u64,
+    count: u64,
+    nodes: u32,
+) -> Result<()> {
     let mut recoveries = Vec::new();
     let mut failed = Vec::new();
     for seed in first..first.saturating_add(count) {
-        match scenarios::run(seed, nodes, shape, trace) {
-            Ok(recovery) => recoveries.push(recovery.recovery_ms),
+        match run(seed) {
+            Ok(recovery) => recoveries.push(recovery),
             Err(violation) => {
                 println!(
                     "seed {seed} FAILED: {} violated: {}",
@@ -194,8 +247,7 @@ fn run_scenario(shape: Shape, first: u64, count: u64, nodes: u32, trace: bool) -
     };
     let (median, p99, max) = (at(0.5), at(0.99), recoveries.last().copied().unwrap_or(0));
     println!(
-        "{}: {} passed, {} failed ({nodes} nodes); commit again after the cut: median {median} ms ({:.2} election timeouts), p99 {p99} ms ({:.2}), max {max} ms ({:.2}); election timeout max {timeout} ms",
-        shape.name(),
+        "{name}: {} passed, {} failed ({nodes} nodes); commit again after the fault: median {median} ms ({:.2} election timeouts), p99 {p99} ms ({:.2}), max {max} ms ({:.2}); election timeout max {timeout} ms",
         recoveries.len(),
         failed.len(),
         median as f64 / timeout,

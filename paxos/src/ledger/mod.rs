@@ -6,7 +6,9 @@
 mod block;
 mod transfer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
 
 pub use block::{Batch, Block, Entry, Hash};
 pub use transfer::{AccountId, Outcome, Rejection, Transfer, TransferId, TransferIdError};
@@ -19,10 +21,36 @@ use crate::types::{Height, NodeId};
 pub struct Record {
     /// The block that holds it.
     pub height: Height,
+    /// That block's hash.
+    pub block_hash: Hash,
     /// The transfer as first ordered under this id.
     pub transfer: Transfer,
     /// What it did.
     pub outcome: Outcome,
+}
+
+/// The records of transfers the ledger no longer keeps in memory: every id ordered in a block at
+/// or below the height given to [`Ledger::archive_through`]. A node's store keeps them on disk, so
+/// the ledger's memory stays bounded however long the chain grows.
+///
+/// A lookup that cannot read its store panics: storage errors are fatal to a node.
+pub trait Archive: Send + Sync + fmt::Debug {
+    /// The record of `id`, if a block at or below the archived height holds it.
+    fn lookup(&self, id: &TransferId) -> Option<Record>;
+}
+
+/// The ledger's state at a block, small enough to write with every block: what a node restores
+/// from instead of replaying its whole chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerSnapshot {
+    /// The block the state is at.
+    pub height: Height,
+    /// Its hash.
+    pub head_hash: Hash,
+    /// Balances of accounts `1..=N`.
+    pub balances: Vec<u64>,
+    /// How many distinct transfer ids the chain holds up to `height`.
+    pub transfers: u64,
 }
 
 /// A block that does not extend the chain it was offered to.
@@ -72,15 +100,34 @@ pub enum ChainError {
     },
 }
 
-/// Balances, the chain's head and the index of applied transfer ids.
-#[derive(Clone, Debug)]
+/// Balances, the chain's head and the index of applied transfer ids. The index keeps in memory
+/// only the records above the archived height; older ones are looked up in the [`Archive`].
+#[derive(Clone)]
 pub struct Ledger {
     genesis_hash: Hash,
     balances: Vec<u64>,
     height: Height,
     head_hash: Hash,
-    index: HashMap<TransferId, Record>,
+    /// Records of blocks above the archived height.
+    recent: HashMap<TransferId, Record>,
+    /// The ids of `recent`, by block, oldest first, so archiving can drop them.
+    recent_by_height: VecDeque<(Height, Vec<TransferId>)>,
+    archive: Option<Arc<dyn Archive>>,
+    transfers: u64,
     planted: PlantedBugs,
+}
+
+impl fmt::Debug for Ledger {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Ledger")
+            .field("height", &self.height)
+            .field("head_hash", &self.head_hash)
+            .field("balances", &self.balances)
+            .field("transfers", &self.transfers)
+            .field("recent", &self.recent.len())
+            .finish()
+    }
 }
 
 /// A batch being derived but not yet committed: the balances it leads to and the ids it holds.
@@ -99,9 +146,66 @@ impl Ledger {
             balances: vec![genesis_balance; accounts as usize],
             height: 0,
             head_hash: genesis.hash,
-            index: HashMap::new(),
+            recent: HashMap::new(),
+            recent_by_height: VecDeque::new(),
+            archive: None,
+            transfers: 0,
             planted: PlantedBugs::default(),
         }
+    }
+
+    /// A ledger resumed from a snapshot of its state; records of blocks at or below the
+    /// snapshot's height come from `archive`.
+    pub fn resume(
+        accounts: u32,
+        genesis_balance: u64,
+        snapshot: LedgerSnapshot,
+        archive: Arc<dyn Archive>,
+    ) -> Ledger {
+        let mut ledger = Ledger::genesis(accounts, genesis_balance);
+        ledger.balances = snapshot.balances;
+        ledger.height = snapshot.height;
+        ledger.head_hash = snapshot.head_hash;
+        ledger.transfers = snapshot.transfers;
+        ledger.archive = Some(archive);
+        ledger
+    }
+
+    /// Hands the records at or below the archived height to `archive` from now on.
+    pub fn set_archive(&mut self, archive: Arc<dyn Archive>) {
+        self.archive = Some(archive);
+    }
+
+    /// Forgets the in-memory records of blocks at or below `height`: the archive holds them now
+    /// (the host calls this once those blocks' writes are done). Without an archive, keeps them.
+    pub fn archive_through(&mut self, height: Height) {
+        if self.archive.is_none() {
+            return;
+        }
+        while let Some((block_height, _)) = self.recent_by_height.front() {
+            if *block_height > height {
+                break;
+            }
+            let (_, ids) = self.recent_by_height.pop_front().expect("front exists");
+            for id in ids {
+                self.recent.remove(&id);
+            }
+        }
+    }
+
+    /// The state to write beside the head block.
+    pub fn snapshot(&self) -> LedgerSnapshot {
+        LedgerSnapshot {
+            height: self.height,
+            head_hash: self.head_hash,
+            balances: self.balances.clone(),
+            transfers: self.transfers,
+        }
+    }
+
+    /// How many records the ledger keeps in memory.
+    pub fn records_in_memory(&self) -> usize {
+        self.recent.len()
     }
 
     /// Rebuilds a ledger by applying a stored chain from the genesis, checking every link,
@@ -175,13 +279,27 @@ impl Ledger {
     }
 
     /// Where `id` was first ordered, if it was.
-    pub fn lookup(&self, id: &TransferId) -> Option<&Record> {
-        self.index.get(id)
+    pub fn lookup(&self, id: &TransferId) -> Option<Record> {
+        if let Some(record) = self.recent.get(id) {
+            return Some(record.clone());
+        }
+        self.archive.as_ref()?.lookup(id)
+    }
+
+    /// The height where `id` was first ordered, if it was.
+    fn first_height(&self, id: &TransferId) -> Option<Height> {
+        if let Some(record) = self.recent.get(id) {
+            return Some(record.height);
+        }
+        self.archive
+            .as_ref()?
+            .lookup(id)
+            .map(|record| record.height)
     }
 
     /// How many distinct transfer ids the chain holds.
-    pub fn transfer_count(&self) -> usize {
-        self.index.len()
+    pub fn transfer_count(&self) -> u64 {
+        self.transfers
     }
 
     /// The checks that do not depend on balances: both accounts exist, they differ, the amount is
@@ -285,10 +403,8 @@ impl Ledger {
         transfer: &Transfer,
     ) -> Outcome {
         if !self.planted.has(PlantedBug::SkipDeduplication) {
-            if let Some(record) = self.index.get(&transfer.id) {
-                return Outcome::Duplicate {
-                    first_height: record.height,
-                };
+            if let Some(first_height) = self.first_height(&transfer.id) {
+                return Outcome::Duplicate { first_height };
             }
             if overlay.ids.contains(&transfer.id) {
                 return Outcome::Duplicate {
@@ -327,19 +443,24 @@ impl Ledger {
 
     fn commit(&mut self, block: &Block, balances: Vec<u64>) {
         self.balances = balances;
+        let mut ids = Vec::with_capacity(block.entries.len());
         for entry in &block.entries {
             if matches!(entry.outcome, Outcome::Duplicate { .. }) {
                 continue;
             }
-            self.index.insert(
+            ids.push(entry.transfer.id.clone());
+            self.recent.insert(
                 entry.transfer.id.clone(),
                 Record {
                     height: block.height,
+                    block_hash: block.hash,
                     transfer: entry.transfer.clone(),
                     outcome: entry.outcome.clone(),
                 },
             );
         }
+        self.transfers += ids.len() as u64;
+        self.recent_by_height.push_back((block.height, ids));
         self.height = block.height;
         self.head_hash = block.hash;
     }

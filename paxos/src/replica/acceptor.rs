@@ -5,14 +5,16 @@
 //! the host writes before it sends the answer.
 
 use super::Replica;
+use crate::bugs::PlantedBug;
 use crate::message::{Accept, Accepted, AcceptedValue, Message, Nack, Prepare, Promise};
 use crate::storage::Write;
 use crate::types::{Ballot, Height, NodeId};
 
-/// How far above its own height an acceptor stores accepted values. A node further behind than
-/// this declines to vote (a majority does not need it) and catches up first, so a peer cannot make
-/// it hold unbounded state, and its promises stay small enough to send.
-pub(super) const ACCEPT_AHEAD_MAX: Height = 4_096;
+/// How far above its own height an acceptor stores accepted values: twice the deepest pipeline a
+/// leader may run. A node further behind than this declines to vote (a majority does not need it)
+/// and catches up first, so a peer cannot make it hold more than this many batches in memory, on
+/// disk or in a Promise.
+pub(super) const ACCEPT_AHEAD_MAX: Height = 2 * crate::config::IN_FLIGHT_SLOTS_LIMIT as Height;
 
 impl Replica {
     /// Phase 1b. Paxos: promise not to accept ballots below `ballot`, and report every value
@@ -28,7 +30,7 @@ impl Replica {
         let promise = Promise {
             ballot: prepare.ballot,
             decided: self.ledger.height(),
-            accepted: self.accepted_values(),
+            accepted: self.accepted_values_above(prepare.decided),
         };
         self.send(from, Message::Promise(promise));
         self.fetch_if_behind();
@@ -37,7 +39,9 @@ impl Replica {
     /// Phase 2b. Paxos: accept unless a higher ballot was promised.
     pub(super) fn handle_accept(&mut self, from: NodeId, accept: Accept) {
         self.election.observe(accept.ballot);
-        if self.ballot_below(accept.ballot, self.promised) {
+        let below = self.ballot_below(accept.ballot, self.promised)
+            && !self.config.planted_bugs.has(PlantedBug::AcceptBelowPromise);
+        if below {
             self.send_nack(from, accept.ballot);
             return;
         }
@@ -48,7 +52,7 @@ impl Replica {
                 &Message::Accept(accept),
                 "slot too far above this node's height",
             );
-            self.fetch_from(from);
+            self.fetch_preferring(Some(from));
             return;
         }
         self.raise_promise(accept.ballot);
@@ -96,10 +100,10 @@ impl Replica {
         self.send(to, Message::Nack(nack));
     }
 
-    /// Every value accepted above the chain's head.
-    pub(super) fn accepted_values(&self) -> Vec<AcceptedValue> {
+    /// Every value accepted above the chain's head and above `height`.
+    pub(super) fn accepted_values_above(&self, height: Height) -> Vec<AcceptedValue> {
         self.accepted
-            .iter()
+            .range(height.saturating_add(1)..)
             .map(|(slot, (ballot, batch))| AcceptedValue {
                 slot: *slot,
                 ballot: *ballot,

@@ -1,6 +1,7 @@
 //! Client transfers: validation on arrival, the durable pending log, and forwarding to the leader.
 
 use super::{Committed, Pending, ProposeError, Replica, Reply, Role};
+use crate::bugs::PlantedBug;
 use crate::config::FORWARD_HOPS_MAX;
 use crate::ledger::Transfer;
 use crate::message::{Forward, Message};
@@ -20,6 +21,7 @@ impl Replica {
             let result = if record.transfer == transfer {
                 Ok(Committed {
                     height: record.height,
+                    block_hash: record.block_hash,
                     outcome: record.outcome.clone(),
                 })
             } else {
@@ -41,7 +43,9 @@ impl Replica {
             self.reply(&transfer, Err(ProposeError::Busy { limit }));
             return;
         }
-        self.ready.writes.push(Write::AddPending(transfer.clone()));
+        if !self.config.planted_bugs.has(PlantedBug::SkipPendingWrite) {
+            self.ready.writes.push(Write::AddPending(transfer.clone()));
+        }
         self.pending.insert(
             transfer.id.clone(),
             Pending {

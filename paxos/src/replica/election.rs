@@ -106,6 +106,12 @@ impl Election {
         self.round
     }
 
+    /// Pretends the last heartbeat round heard a majority.
+    #[cfg(test)]
+    pub(super) fn quorum_connected_for_tests(&mut self) {
+        self.quorum_connected = true;
+    }
+
     pub(super) fn route(&self) -> Option<NodeId> {
         self.route
     }
@@ -267,19 +273,51 @@ impl Replica {
 
     /// Raises this node's ballot above every ballot it knows of and returns it.
     pub(super) fn raise_ballot(&mut self) -> Ballot {
-        let round = [
+        let rounds = [
             self.election.ballot.round,
             self.election.highest_seen.round,
             self.election.leader.map_or(0, |leader| leader.round),
             self.promised.round,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0)
-            + 1;
-        let ballot = Ballot::new(round, self.config.id);
+        ];
+        // Every ballot here passed `check_message` (rounds below ROUND_MAX) or was made by this
+        // node, so the next round exists.
+        let ballot = Ballot::above(rounds, self.config.id)
+            .expect("every known ballot round is below ROUND_MAX");
         self.election.set_ballot(ballot);
         ballot
+    }
+
+    /// The connection with `peer` closed: its process is gone. It no longer counts as heard in
+    /// this round, and if it was the leader, a quorum-connected follower takes over now rather
+    /// than after its election timeout (the heartbeat round that would notice is up to a timeout
+    /// away; a closed connection is certain).
+    pub(super) fn disconnected(&mut self, peer: NodeId) {
+        if peer == 0 || peer > self.config.nodes || peer == self.config.id {
+            return;
+        }
+        self.peer_heard_at[peer as usize - 1] = None;
+        self.election.replies.remove(&peer);
+        let redirect = !self
+            .config
+            .planted_bugs
+            .has(crate::bugs::PlantedBug::FetchOnlyFromAheadPromiser);
+        if redirect && self.fetch.is_some_and(|fetch| fetch.peer == peer) {
+            self.fetch = None;
+            self.fetch_failed(peer);
+            self.fetch_if_behind();
+        }
+        let leader_lost = self
+            .election
+            .leader
+            .is_some_and(|leader| leader.node == peer);
+        if leader_lost && self.election.quorum_connected && matches!(self.role, Role::Follower) {
+            let ballot = self.raise_ballot();
+            self.follow(Some(Sighting {
+                ballot,
+                route: None,
+                direct: true,
+            }));
+        }
     }
 
     /// Follows the owner of `ballot`, seen in a Paxos message rather than in a heartbeat round,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use super::{Candidate, Event, Leader, Proposal, Replica, Role};
+use super::{Candidate, Event, Leader, Outgoing, Proposal, Replica, Role};
 use crate::bugs::PlantedBug;
 use crate::ledger::{Batch, Transfer};
 use crate::message::{Accept, Accepted, Decide, Message, Nack, Prepare, Promise};
@@ -38,29 +38,46 @@ impl Replica {
         self.election.set_leader(Some(ballot));
         self.promised = ballot;
         self.write_acceptor_state(Write::Promise(ballot));
+        let height = self.ledger.height();
         let own = Promise {
             ballot,
-            decided: self.ledger.height(),
-            accepted: self.accepted_values(),
+            decided: height,
+            accepted: self.accepted_values_above(height),
         };
         let mut promises = BTreeMap::new();
         promises.insert(self.config.id, own);
         self.role = Role::Candidate(Candidate {
             ballot,
+            started_at: self.now,
             promises,
             forwarded: Vec::new(),
         });
         self.ready.events.push(Event::ElectionStarted { ballot });
         self.broadcast(Message::Prepare(Prepare {
             ballot,
-            decided: self.ledger.height(),
+            decided: height,
         }));
         self.try_finish_election();
     }
 
-    /// Sends Prepare again to peers that have not promised (messages may be lost), and retries
-    /// the catch-up a candidate with a majority of promises may be waiting for.
+    /// Once a tick while Phase 1 runs: a candidate that could not finish within an election
+    /// timeout (a promiser it needed blocks from went away, say) starts over with a higher ballot,
+    /// so it waits on nobody in particular; otherwise it sends Prepare again to peers that have
+    /// not promised (messages may be lost) and retries the catch-up it may be waiting for.
     pub(super) fn resend_prepare(&mut self) {
+        let Role::Candidate(candidate) = &self.role else {
+            return;
+        };
+        let gives_up = !self
+            .config
+            .planted_bugs
+            .has(PlantedBug::FetchOnlyFromAheadPromiser);
+        if gives_up && self.now - candidate.started_at >= self.config.election_timeout_ticks_max {
+            let ballot = self.raise_ballot();
+            self.election.set_ballot(ballot);
+            self.start_election();
+            return;
+        }
         self.try_finish_election();
         let Role::Candidate(candidate) = &self.role else {
             return;
@@ -69,6 +86,10 @@ impl Replica {
             ballot: candidate.ballot,
             decided: self.ledger.height(),
         };
+        if candidate.started_at == self.now {
+            // Phase 1 began this very tick: its Prepares are on their way.
+            return;
+        }
         let silent: Vec<NodeId> = self
             .config
             .peers()
@@ -112,8 +133,17 @@ impl Replica {
             .expect("a majority is at least one promise");
         if ahead_height > height {
             // Slots up to `ahead_height` are decided; their values come by catch-up, never by
-            // a new proposal.
-            self.fetch_from(ahead_peer);
+            // a new proposal. Any peer that has the blocks will do: if the fetch fails, the
+            // promiser that reported them is dropped and the election judged again.
+            if self
+                .config
+                .planted_bugs
+                .has(PlantedBug::FetchOnlyFromAheadPromiser)
+            {
+                self.fetch_from_only(ahead_peer);
+            } else {
+                self.fetch_if_behind();
+            }
             return;
         }
         let ballot = candidate.ballot;
@@ -208,13 +238,23 @@ impl Replica {
         leader.queue.push_back(transfer);
     }
 
-    /// Proposes queued transfers in batches while the in-flight window has room.
+    /// Proposes queued transfers as one batch when the in-flight window has room and this node
+    /// is not still writing its vote for an earlier slot. That is group commit on the leader: what
+    /// arrives while its disk works goes into the next block, so blocks fill themselves with what
+    /// is waiting, and no timer delays a proposal.
     pub(super) fn propose_from_queue(&mut self) {
+        let id = self.config.id;
         loop {
             let Role::Leader(leader) = &mut self.role else {
                 return;
             };
-            if leader.in_flight.len() >= self.config.in_flight_slots_max || leader.queue.is_empty()
+            let writing_own_vote = leader
+                .in_flight
+                .values()
+                .any(|proposal| !proposal.accepted_by.contains(&id));
+            if leader.in_flight.len() >= self.config.in_flight_slots_max
+                || leader.queue.is_empty()
+                || writing_own_vote
             {
                 return;
             }
@@ -222,14 +262,16 @@ impl Replica {
             let transfers: Vec<Transfer> = leader.queue.drain(..take).collect();
             let slot = leader.next_slot;
             let batch = Batch {
-                proposer: self.config.id,
+                proposer: id,
                 transfers,
             };
             self.propose_at(slot, batch);
         }
     }
 
-    /// Phase 2a for one slot: accept it ourselves and ask every peer to.
+    /// Phase 2a for one slot: ask every peer to accept it, and accept it ourselves. The Accepts
+    /// leave at once, while our own vote is written; the vote comes back to us as an Accepted once
+    /// durable (see `Ready`), and only then counts towards the majority.
     fn propose_at(&mut self, slot: Height, batch: Batch) {
         let Role::Leader(leader) = &mut self.role else {
             unreachable!("only a leader proposes");
@@ -240,29 +282,37 @@ impl Replica {
         );
         let ballot = leader.ballot;
         leader.next_slot = leader.next_slot.max(slot + 1);
-        let mut accepted_by = std::collections::BTreeSet::new();
-        accepted_by.insert(self.config.id);
         leader.in_flight.insert(
             slot,
             Proposal {
                 batch: batch.clone(),
-                accepted_by,
+                accepted_by: std::collections::BTreeSet::new(),
                 sent_at: self.now,
             },
         );
+        self.broadcast(Message::Accept(Accept {
+            ballot,
+            slot,
+            batch: batch.clone(),
+        }));
         self.accepted.insert(slot, (ballot, batch.clone()));
         self.write_acceptor_state(Write::Accept {
             slot,
             ballot,
-            batch: batch.clone(),
-        });
-        self.broadcast(Message::Accept(Accept {
-            ballot,
-            slot,
             batch,
-        }));
-        if self.config.majority() == 1 {
-            self.decide(slot);
+        });
+        let own_vote = Outgoing {
+            to: self.config.id,
+            message: Message::Accepted(Accepted { ballot, slot }),
+        };
+        if self
+            .config
+            .planted_bugs
+            .has(PlantedBug::LeaderVoteBeforeWrite)
+        {
+            self.ready.messages.push(own_vote);
+        } else {
+            self.ready.messages_after_writes.push(own_vote);
         }
     }
 
@@ -297,9 +347,16 @@ impl Replica {
         }
     }
 
-    /// Phase 2b arrives; a majority decides the slot.
+    /// Phase 2b arrives (from a peer, or our own vote once durable); a majority decides the slot.
     pub(super) fn handle_accepted(&mut self, from: NodeId, accepted: Accepted) {
-        let majority = self.config.majority();
+        let mut majority = self.config.majority();
+        if self
+            .config
+            .planted_bugs
+            .has(PlantedBug::DecideWithoutQuorum)
+        {
+            majority = majority.saturating_sub(1).max(1);
+        }
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -312,6 +369,9 @@ impl Replica {
         proposal.accepted_by.insert(from);
         if proposal.accepted_by.len() >= majority {
             self.decide(accepted.slot);
+        } else if from == self.config.id {
+            // Our vote for this slot is durable: the next batch may go.
+            self.propose_from_queue();
         }
     }
 

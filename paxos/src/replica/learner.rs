@@ -2,6 +2,7 @@
 //! fetches the blocks it lacks and checks every hash link before it applies them.
 
 use super::{Committed, Event, Fetch, FetchInFlight, ProposeError, Replica, Reply, Role};
+use crate::bugs::PlantedBug;
 use crate::ledger::{Batch, Block};
 use crate::message::Decide;
 use crate::storage::Write;
@@ -19,7 +20,7 @@ impl Replica {
                 let batch = batch.clone();
                 self.learn(decide.slot, batch);
             }
-            _ => self.fetch_from(from),
+            _ => self.fetch_preferring(Some(from)),
         }
     }
 
@@ -74,9 +75,15 @@ impl Replica {
                 .ledger
                 .lookup(&entry.transfer.id)
                 .expect("an applied block's transfers are indexed");
-            let result = if record.transfer == pending.transfer {
+            let same = record.transfer == pending.transfer
+                || self
+                    .config
+                    .planted_bugs
+                    .has(PlantedBug::AcknowledgeConflictingId);
+            let result = if same {
                 Ok(Committed {
                     height: record.height,
+                    block_hash: record.block_hash,
                     outcome: record.outcome.clone(),
                 })
             } else {
@@ -96,14 +103,20 @@ impl Replica {
             });
         }
         self.ready.writes.push(Write::AppendBlock(block));
+        self.ready
+            .writes
+            .push(Write::Snapshot(self.ledger.snapshot()));
     }
 
     /// Blocks fetched from `from` arrive: append each one that extends the chain and verifies.
+    /// No blocks at all means the fetch failed or the peer had none to give: the next fetch goes
+    /// to another peer.
     pub(super) fn receive_blocks(&mut self, from: NodeId, blocks: Vec<Block>) {
         if from == 0 || from > self.config.nodes || from == self.config.id {
             return;
         }
-        if self.fetch.is_some_and(|fetch| fetch.peer == from) {
+        let answered = self.fetch.is_some_and(|fetch| fetch.peer == from);
+        if answered {
             self.fetch = None;
         }
         let first = self.ledger.height() + 1;
@@ -137,37 +150,94 @@ impl Replica {
             });
             self.note_peer_height(from, last);
         } else {
-            // The peer had nothing for us; do not ask it again until it reports a greater height.
+            // The peer had nothing for us: do not count on it until it reports a greater height.
             self.peer_heights[from as usize - 1] = last;
+            if answered {
+                self.fetch_failed(from);
+            }
         }
         self.apply_decided();
         self.fetch_if_behind();
         self.try_finish_election();
     }
 
-    /// Fetches from the peer reporting the greatest height, if that is above ours.
+    /// Fetches the blocks above our height from a peer that has them, if any does and no fetch
+    /// is already waiting for its answer.
     pub(super) fn fetch_if_behind(&mut self) {
-        let height = self.ledger.height();
-        let best = (1..=self.config.nodes)
-            .filter(|node| *node != self.config.id)
-            .map(|node| (node, self.peer_heights[node as usize - 1]))
-            .filter(|(_, peer_height)| *peer_height > height)
-            .max_by_key(|(node, peer_height)| (*peer_height, std::cmp::Reverse(*node)));
-        if let Some((peer, _)) = best {
-            self.fetch_from(peer);
-        }
+        self.fetch_preferring(None);
     }
 
-    /// Asks the host to fetch the blocks above our height from `peer`, unless a fetch is already
-    /// waiting for its answer. A fetch unanswered for too long is abandoned and the peer is not
-    /// asked again until it reports its height anew.
-    pub(super) fn fetch_from(&mut self, peer: NodeId) {
+    /// Like [`Replica::fetch_if_behind`], but asks `preferred` (a peer that told us of a slot we
+    /// lack, say) unless it recently failed us. A fetch unanswered for too long counts as failed.
+    pub(super) fn fetch_preferring(&mut self, preferred: Option<NodeId>) {
         if let Some(fetch) = self.fetch {
             if self.now - fetch.sent_at < self.config.fetch_timeout_ticks {
                 return;
             }
-            self.peer_heights[fetch.peer as usize - 1] = 0;
+            self.fetch = None;
+            self.fetch_failed(fetch.peer);
         }
+        if self.config.planted_bugs.has(PlantedBug::FetchFromSamePeer) {
+            // The old choice: the peer reporting the greatest height, reachable or not.
+            if let Some(peer) = preferred.or_else(|| self.highest_peer()) {
+                self.issue_fetch(peer);
+            }
+            return;
+        }
+        let target = preferred
+            .filter(|peer| self.fetch_avoid_until[*peer as usize - 1] <= self.now)
+            .or_else(|| self.fetch_target());
+        if let Some(peer) = target {
+            self.issue_fetch(peer);
+        }
+    }
+
+    /// Asks `peer` and nobody else, retrying it after each timeout (the old behaviour behind the
+    /// `FetchOnlyFromAheadPromiser` planted bug).
+    pub(super) fn fetch_from_only(&mut self, peer: NodeId) {
+        if let Some(fetch) = self.fetch {
+            if self.now - fetch.sent_at < self.config.fetch_timeout_ticks {
+                return;
+            }
+        }
+        self.issue_fetch(peer);
+    }
+
+    /// The peer to fetch from: among peers that report blocks we lack and that we heard from
+    /// recently, one that has not just failed us, then the one furthest ahead, ties broken by a
+    /// rotation so that repeated failures walk through every candidate.
+    fn fetch_target(&self) -> Option<NodeId> {
+        let height = self.ledger.height();
+        let nodes = u64::from(self.config.nodes);
+        let heard_since = self.now.saturating_sub(FETCH_HEARD_TICKS);
+        self.config
+            .peers()
+            .filter(|peer| self.peer_heights[*peer as usize - 1] > height)
+            .filter(|peer| {
+                self.peer_heard_at[*peer as usize - 1].is_some_and(|at| at >= heard_since)
+            })
+            .min_by_key(|peer| {
+                let index = *peer as usize - 1;
+                (
+                    self.fetch_avoid_until[index].max(self.now),
+                    std::cmp::Reverse(self.peer_heights[index]),
+                    (u64::from(*peer) + self.now) % nodes,
+                )
+            })
+    }
+
+    /// The peer reporting the greatest height above ours, heard or not.
+    fn highest_peer(&self) -> Option<NodeId> {
+        let height = self.ledger.height();
+        self.config
+            .peers()
+            .map(|node| (node, self.peer_heights[node as usize - 1]))
+            .filter(|(_, peer_height)| *peer_height > height)
+            .max_by_key(|(node, peer_height)| (*peer_height, std::cmp::Reverse(*node)))
+            .map(|(node, _)| node)
+    }
+
+    fn issue_fetch(&mut self, peer: NodeId) {
         self.fetch = Some(FetchInFlight {
             peer,
             sent_at: self.now,
@@ -177,4 +247,29 @@ impl Replica {
             from: self.ledger.height() + 1,
         });
     }
+
+    /// A fetch from `peer` failed or timed out: ask others for a while. A candidate that counted on
+    /// this peer's blocks judges its election again without that promise: Phase 1 needs a majority
+    /// of promises whose blocks it can actually get, and the peer may promise again.
+    pub(super) fn fetch_failed(&mut self, peer: NodeId) {
+        let index = peer as usize - 1;
+        self.fetch_avoid_until[index] = self.now + FETCH_AVOID_TICKS;
+        let height = self.ledger.height();
+        if let Role::Candidate(candidate) = &mut self.role {
+            if candidate
+                .promises
+                .get(&peer)
+                .is_some_and(|promise| promise.decided > height)
+            {
+                candidate.promises.remove(&peer);
+            }
+        }
+    }
 }
+
+/// Catch-up asks only peers heard from within this many ticks: one that went silent is likely
+/// down or cut off, and its blocks would never come.
+const FETCH_HEARD_TICKS: u64 = 3;
+/// After a failed fetch, the peer is asked again only once the others were tried, or after this
+/// many ticks.
+const FETCH_AVOID_TICKS: u64 = 20;

@@ -28,7 +28,7 @@ use crate::config::{Config, ConfigError};
 use crate::ledger::{Batch, Block, Hash, Ledger, Outcome, Rejection, Transfer, TransferId};
 use crate::message::Message;
 use crate::storage::{Restored, Write};
-use crate::types::{Ballot, Height, NodeId};
+use crate::types::{Ballot, Height, NodeId, HEIGHT_MAX};
 
 use election::Election;
 
@@ -46,13 +46,18 @@ pub enum Input {
     },
     /// A client asks this node to order a transfer.
     Propose(Transfer),
-    /// Decided blocks fetched from a peer, answering a [`Fetch`].
+    /// Decided blocks fetched from a peer, answering a [`Fetch`]. An empty list says the fetch
+    /// failed or the peer had nothing to give: either way, another peer is asked next.
     Blocks {
         /// The peer that served them.
         from: NodeId,
         /// Consecutive blocks, in order.
         blocks: Vec<Block>,
     },
+    /// The transport's connection with `peer` closed under it: the peer's process ended (a cut
+    /// link does not close connections, so this is never sent for one). If that peer led, a
+    /// quorum-connected follower starts an election at once instead of waiting out its timeout.
+    Disconnected(NodeId),
 }
 
 /// A message to send.
@@ -79,6 +84,8 @@ pub struct Fetch {
 pub struct Committed {
     /// The block that holds it.
     pub height: Height,
+    /// That block's hash.
+    pub block_hash: Hash,
     /// What it did.
     pub outcome: Outcome,
 }
@@ -175,25 +182,34 @@ pub enum Event {
 /// What one step produced, and when the host may release each part.
 ///
 /// `writes` must become durable as one atomic batch, after the batches of every earlier step.
-/// Items in the `..._after_writes` lists vouch for state in those writes (a promise, a vote, a
-/// ballot not to be reused, a block a client is told about), so the host releases them only once
-/// this step's writes, and every earlier step's, are durable. Everything else may leave at once,
-/// even while the writes are still on their way to disk: a Decide rests only on votes that were
-/// durable before they were counted, and heartbeats, forwards and refusals vouch for nothing.
+/// Messages in `messages_after_writes` vouch for state in those writes (a promise, a vote, a
+/// ballot not to be reused), so the host releases them only once this step's writes, and every
+/// earlier step's, are durable. Everything else may leave at once, even while the writes are still
+/// on their way to disk:
+///
+/// - an Accept: the leader's promise of its ballot was durable before its Prepares left, and its
+///   own vote is counted only once durable (below);
+/// - a Decide and a commit acknowledgement: they rest only on votes that were durable before they
+///   were counted, so the value is chosen and survives any minority of crashes, whatever becomes
+///   of this node's own copy;
+/// - heartbeats, forwards, refusals: they vouch for nothing.
+///
+/// One message may be addressed to this node itself: the leader's own vote (an Accepted). The host
+/// feeds it back through [`Replica::step`] once the writes before it are durable, exactly like a
+/// vote from a peer; that is how a leader sends its Accepts while it writes its own vote and counts
+/// that vote only once it is on disk.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// One atomic batch of durable writes.
     pub writes: Vec<Write>,
     /// Messages that may be sent at once.
     pub messages: Vec<Outgoing>,
-    /// Messages to send only once the writes are durable (Prepare, Promise, Accept, Accepted).
+    /// Messages to send only once the writes are durable (Prepare, Promise, Accepted).
     pub messages_after_writes: Vec<Outgoing>,
     /// Blocks to fetch from peers.
     pub fetches: Vec<Fetch>,
-    /// Refusals of client transfers, which may be sent at once.
+    /// Answers to clients: commit acknowledgements and refusals. They may be sent at once.
     pub replies: Vec<Reply>,
-    /// Commit acknowledgements, to send only once the writes are durable.
-    pub replies_after_writes: Vec<Reply>,
     /// Things worth a log line.
     pub events: Vec<Event>,
 }
@@ -206,7 +222,6 @@ impl Ready {
             && self.messages_after_writes.is_empty()
             && self.fetches.is_empty()
             && self.replies.is_empty()
-            && self.replies_after_writes.is_empty()
             && self.events.is_empty()
     }
 
@@ -274,6 +289,9 @@ struct Proposal {
 #[derive(Clone, Debug)]
 struct Candidate {
     ballot: Ballot,
+    /// When Phase 1 began, in ticks: a candidate that cannot finish within an election timeout
+    /// starts over with a higher ballot, collecting promises from whoever answers now.
+    started_at: u64,
     promises: BTreeMap<NodeId, crate::message::Promise>,
     /// Transfers forwarded to this node while it runs Phase 1, proposed once it leads.
     forwarded: Vec<Transfer>,
@@ -328,6 +346,12 @@ pub struct Replica {
     decided: BTreeMap<Height, Batch>,
     /// The highest height each node reported (index `node - 1`).
     peer_heights: Vec<Height>,
+    /// When each node was last heard from, in ticks (index `node - 1`); `None` if never, or not
+    /// since its connection closed. Catch-up asks only peers heard recently.
+    peer_heard_at: Vec<Option<u64>>,
+    /// Until when each node is not asked for blocks (index `node - 1`), after a fetch from it
+    /// failed or timed out, so the next fetch goes to another peer.
+    fetch_avoid_until: Vec<u64>,
     fetch: Option<FetchInFlight>,
 
     election: Election,
@@ -381,6 +405,8 @@ impl Replica {
             ledger,
             decided: BTreeMap::new(),
             peer_heights: vec![0; nodes],
+            peer_heard_at: vec![None; nodes],
+            fetch_avoid_until: vec![0; nodes],
             fetch: None,
             election,
             role: Role::Follower,
@@ -398,6 +424,7 @@ impl Replica {
             Input::Receive { from, message } => self.receive(from, message),
             Input::Propose(transfer) => self.propose(transfer),
             Input::Blocks { from, blocks } => self.receive_blocks(from, blocks),
+            Input::Disconnected(peer) => self.disconnected(peer),
         }
         std::mem::take(&mut self.ready)
     }
@@ -416,7 +443,15 @@ impl Replica {
     }
 
     fn receive(&mut self, from: NodeId, message: Message) {
-        if from == 0 || from > self.config.nodes || from == self.config.id {
+        if from == self.config.id {
+            // Only this node's own vote comes back to it, once durable (see `Ready`).
+            match message {
+                Message::Accepted(accepted) => self.handle_accepted(from, accepted),
+                message => self.reject(from, &message, "a node sends itself only its own vote"),
+            }
+            return;
+        }
+        if from == 0 || from > self.config.nodes {
             self.reject(from, &message, "sender is not a peer in this cluster");
             return;
         }
@@ -424,6 +459,7 @@ impl Replica {
             self.reject(from, &message, reason);
             return;
         }
+        self.peer_heard_at[from as usize - 1] = Some(self.now);
         match message {
             Message::Heartbeat(heartbeat) => self.handle_heartbeat(from, heartbeat),
             Message::HeartbeatReply(reply) => self.handle_heartbeat_reply(from, reply),
@@ -437,37 +473,49 @@ impl Replica {
         }
     }
 
-    /// Refuses messages no correct peer sends: ballots of nodes outside the cluster, slot 0,
-    /// oversized batches.
+    /// Refuses messages no correct peer sends: ballots of nodes outside the cluster or with
+    /// impossible rounds, slot 0, impossible heights, oversized batches. Every ballot, slot and
+    /// height the core computes with afterwards is bounded by these checks, so no sum overflows.
     fn check_message(&self, message: &Message) -> Result<(), &'static str> {
-        let ballot_ok = |ballot: &Ballot| ballot.node >= 1 && ballot.node <= self.config.nodes;
+        let nodes = self.config.nodes;
+        let ballot_ok = |ballot: &Ballot| {
+            ballot.node >= 1 && ballot.node <= nodes && ballot.round < crate::types::ROUND_MAX
+        };
+        let height_ok = |height: Height| height <= HEIGHT_MAX;
+        let slot_ok = |slot: Height| slot > 0 && slot <= HEIGHT_MAX;
         let batch_ok = |batch: &Batch| {
-            batch.transfers.len() <= crate::config::BATCH_TRANSFERS_LIMIT
-                && batch.proposer <= self.config.nodes
+            batch.transfers.len() <= crate::config::BATCH_TRANSFERS_LIMIT && batch.proposer <= nodes
         };
         let ok = match message {
-            Message::Heartbeat(_) | Message::Forward(_) => true,
-            Message::HeartbeatReply(reply) => {
-                ballot_ok(&reply.ballot) && reply.leader.as_ref().is_none_or(ballot_ok)
+            Message::Heartbeat(heartbeat) => height_ok(heartbeat.decided),
+            Message::Forward(forward) => {
+                forward.transfers.len() <= crate::config::BATCH_TRANSFERS_LIMIT
+                    && forward.hops <= crate::config::FORWARD_HOPS_MAX
             }
-            Message::Prepare(prepare) => ballot_ok(&prepare.ballot),
+            Message::HeartbeatReply(reply) => {
+                ballot_ok(&reply.ballot)
+                    && reply.leader.as_ref().is_none_or(ballot_ok)
+                    && height_ok(reply.decided)
+            }
+            Message::Prepare(prepare) => ballot_ok(&prepare.ballot) && height_ok(prepare.decided),
             Message::Promise(promise) => {
                 ballot_ok(&promise.ballot)
+                    && height_ok(promise.decided)
                     && promise.accepted.iter().all(|value| {
-                        value.slot > 0 && ballot_ok(&value.ballot) && batch_ok(&value.batch)
+                        slot_ok(value.slot) && ballot_ok(&value.ballot) && batch_ok(&value.batch)
                     })
             }
             Message::Accept(accept) => {
-                ballot_ok(&accept.ballot) && accept.slot > 0 && batch_ok(&accept.batch)
+                ballot_ok(&accept.ballot) && slot_ok(accept.slot) && batch_ok(&accept.batch)
             }
-            Message::Accepted(accepted) => ballot_ok(&accepted.ballot) && accepted.slot > 0,
-            Message::Decide(decide) => ballot_ok(&decide.ballot) && decide.slot > 0,
+            Message::Accepted(accepted) => ballot_ok(&accepted.ballot) && slot_ok(accepted.slot),
+            Message::Decide(decide) => ballot_ok(&decide.ballot) && slot_ok(decide.slot),
             Message::Nack(nack) => ballot_ok(&nack.ballot) && ballot_ok(&nack.promised),
         };
         if ok {
             Ok(())
         } else {
-            Err("impossible ballot, slot or batch")
+            Err("impossible ballot, slot, height or batch")
         }
     }
 
@@ -480,7 +528,6 @@ impl Replica {
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
-        debug_assert_ne!(to, self.config.id);
         let outgoing = Outgoing { to, message };
         if outgoing.message.vouches_for_writes() {
             self.ready.messages_after_writes.push(outgoing);
@@ -489,15 +536,10 @@ impl Replica {
         }
     }
 
-    /// Answers a client. A commit acknowledgement waits for the step's writes, so the block it
-    /// names is on this node's disk before the client hears of it (and, in a one-node cluster,
-    /// so is the vote that decided it); a refusal depends on nothing written and goes at once.
+    /// Answers a client. A commit acknowledgement needs no write of this node's: the block it
+    /// names was chosen by a majority of durable votes (see `Ready`).
     fn answer(&mut self, reply: Reply) {
-        if reply.result.is_ok() {
-            self.ready.replies_after_writes.push(reply);
-        } else {
-            self.ready.replies.push(reply);
-        }
+        self.ready.replies.push(reply);
     }
 
     fn broadcast(&mut self, message: Message) {
@@ -532,6 +574,12 @@ impl Replica {
     fn note_peer_height(&mut self, peer: NodeId, height: Height) {
         let known = &mut self.peer_heights[peer as usize - 1];
         *known = (*known).max(height);
+    }
+
+    /// The blocks up to `height` are written (the host's write of them is done): their transfer
+    /// records may leave memory, as the store's archive holds them now.
+    pub fn archive_through(&mut self, height: Height) {
+        self.ledger.archive_through(height);
     }
 
     /// This node's configuration.

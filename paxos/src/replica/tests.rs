@@ -35,6 +35,13 @@ fn receive(replica: &mut Replica, from: NodeId, message: Message) -> Ready {
     replica.step(Input::Receive { from, message })
 }
 
+/// Feeds the leader its own vote for `slot`, as the host does once the vote's write is durable.
+fn own_vote(replica: &mut Replica, slot: Height) -> Ready {
+    let ballot = replica.election.ballot();
+    let id = replica.config.id;
+    receive(replica, id, Message::Accepted(Accepted { ballot, slot }))
+}
+
 fn messages_to(ready: &Ready, to: NodeId) -> Vec<&Message> {
     ready
         .all_messages()
@@ -291,6 +298,7 @@ fn the_leader_batches_pending_transfers_into_one_slot() {
     replica.step(Input::Propose(transfer("b", 2, 3, 5)));
     replica.step(Input::Propose(transfer("c", 3, 1, 5)));
     let ballot = replica.election.ballot();
+    own_vote(&mut replica, 1);
     let ready = receive(
         &mut replica,
         2,
@@ -311,6 +319,38 @@ fn the_leader_batches_pending_transfers_into_one_slot() {
 }
 
 #[test]
+fn the_next_batch_waits_for_the_leaders_own_vote_to_be_durable() {
+    // Group commit on the leader: while its vote for slot 1 is being written, what arrives
+    // queues up, and goes as one batch once the write is done, even with room in the window.
+    let mut replica = leader(3);
+    assert!(replica.config.in_flight_slots_max >= 2);
+    replica.step(Input::Propose(transfer("a", 1, 2, 5)));
+    let waiting = replica.step(Input::Propose(transfer("b", 2, 3, 5)));
+    assert!(
+        messages_to(&waiting, 2).is_empty(),
+        "slot 1's vote is still being written"
+    );
+    replica.step(Input::Propose(transfer("c", 3, 1, 5)));
+    let written = own_vote(&mut replica, 1);
+    let accept = messages_to(&written, 2)
+        .into_iter()
+        .find_map(|message| match message {
+            Message::Accept(accept) => Some(accept.clone()),
+            _ => None,
+        })
+        .expect("slot 2 goes once slot 1's vote is durable");
+    assert_eq!(accept.slot, 2);
+    assert_eq!(
+        accept.batch.transfers,
+        vec![transfer("b", 2, 3, 5), transfer("c", 3, 1, 5)]
+    );
+    assert!(
+        written.appended_blocks().next().is_none(),
+        "one vote of three decides nothing"
+    );
+}
+
+#[test]
 fn a_majority_decides_and_the_client_is_answered() {
     let mut replica = leader(5);
     let ballot = replica.election.ballot();
@@ -320,12 +360,17 @@ fn a_majority_decides_and_the_client_is_answered() {
         2,
         Message::Accepted(Accepted { ballot, slot: 1 }),
     );
-    assert!(ready.writes.is_empty(), "two of five is not a majority");
+    assert!(ready.writes.is_empty(), "one of five is not a majority");
     let ready = receive(
         &mut replica,
         4,
         Message::Accepted(Accepted { ballot, slot: 1 }),
     );
+    assert!(
+        ready.writes.is_empty(),
+        "the leader's own vote counts only once it is durable"
+    );
+    let ready = own_vote(&mut replica, 1);
     let block = ready
         .appended_blocks()
         .next()
@@ -337,11 +382,12 @@ fn a_majority_decides_and_the_client_is_answered() {
         .writes
         .contains(&Write::RemovePending(TransferId::new("a").unwrap())));
     assert_eq!(
-        ready.replies_after_writes,
+        ready.replies,
         vec![Reply {
             id: TransferId::new("a").unwrap(),
             result: Ok(Committed {
                 height: 1,
+                block_hash: block.hash,
                 outcome: Outcome::Applied
             })
         }]
@@ -409,6 +455,7 @@ fn a_retried_id_gets_the_first_outcome_and_a_reused_id_is_refused() {
     let mut replica = leader(3);
     let ballot = replica.election.ballot();
     replica.step(Input::Propose(transfer("a", 1, 2, 5)));
+    own_vote(&mut replica, 1);
     receive(
         &mut replica,
         2,
@@ -417,9 +464,10 @@ fn a_retried_id_gets_the_first_outcome_and_a_reused_id_is_refused() {
     let retry = replica.step(Input::Propose(transfer("a", 1, 2, 5)));
     assert!(retry.writes.is_empty());
     assert_eq!(
-        retry.replies_after_writes[0].result,
+        retry.replies[0].result,
         Ok(Committed {
             height: 1,
+            block_hash: replica.ledger().head_hash(),
             outcome: Outcome::Applied
         })
     );
@@ -548,7 +596,13 @@ fn fetched_blocks_that_do_not_link_are_refused() {
         from: 1,
         blocks: vec![good.clone()],
     });
-    assert_eq!(ready.writes, vec![Write::AppendBlock(good)]);
+    assert_eq!(
+        ready.writes,
+        vec![
+            Write::AppendBlock(good),
+            Write::Snapshot(replica.ledger().snapshot())
+        ]
+    );
     assert_eq!(replica.ledger().height(), 1);
 }
 
@@ -596,16 +650,26 @@ fn only_messages_that_vouch_for_fresh_writes_wait_for_them() {
             message: Message::Promise(_)
         }]
     ));
-    // A decision rests on votes that were durable before they were counted: it goes at once.
-    // The client's acknowledgement waits until the block is on this node's disk.
+    // The leader's Accepts leave at once, while it writes its own vote; that vote comes back to
+    // it only once durable. A decision, and the client's acknowledgement, rest on votes that were
+    // durable before they were counted: they go at once.
     let mut leader = leader(3);
     let ballot = leader.election.ballot();
     let proposed = leader.step(Input::Propose(transfer("a", 1, 2, 5)));
-    assert!(proposed
-        .messages_after_writes
+    let accepts = proposed
+        .messages
         .iter()
-        .all(|outgoing| matches!(outgoing.message, Message::Accept(_))));
-    assert_eq!(proposed.messages_after_writes.len(), 2);
+        .filter(|outgoing| matches!(outgoing.message, Message::Accept(_)))
+        .count();
+    assert_eq!(accepts, 2);
+    assert_eq!(
+        proposed.messages_after_writes,
+        vec![Outgoing {
+            to: 1,
+            message: Message::Accepted(Accepted { ballot, slot: 1 })
+        }]
+    );
+    own_vote(&mut leader, 1);
     let decided = receive(
         &mut leader,
         2,
@@ -613,12 +677,10 @@ fn only_messages_that_vouch_for_fresh_writes_wait_for_them() {
     );
     assert!(decided.messages_after_writes.is_empty());
     assert_eq!(decided.messages.len(), 2, "Decide to both peers");
-    assert!(decided.replies.is_empty());
-    assert_eq!(decided.replies_after_writes.len(), 1);
-    // A refusal waits for nothing.
+    assert_eq!(decided.replies.len(), 1);
+    // A refusal waits for nothing either.
     let refused = leader.step(Input::Propose(transfer("b", 1, 9, 5)));
     assert_eq!(refused.replies.len(), 1);
-    assert!(refused.replies_after_writes.is_empty());
 }
 
 #[test]
@@ -665,4 +727,241 @@ fn a_restarted_acceptor_keeps_its_promise_and_votes() {
         ready.writes.is_empty(),
         "the same ballot is not a new promise"
     );
+}
+
+#[test]
+fn an_impossible_ballot_is_refused_and_changes_nothing() {
+    // A round no correct node reaches (a forged Prepare) must not become a promise: raising a
+    // ballot above it would overflow, and the node would be stuck with it for good.
+    let mut replica = fresh(2, 3);
+    for round in [u64::MAX, crate::types::ROUND_MAX] {
+        let ready = receive(
+            &mut replica,
+            1,
+            Message::Prepare(Prepare {
+                ballot: Ballot::new(round, 1),
+                decided: 0,
+            }),
+        );
+        assert!(ready.writes.is_empty());
+        assert_eq!(ready.all_messages().count(), 0);
+        assert!(matches!(ready.events[..], [Event::MessageRejected { .. }]));
+    }
+    for slot in [0, u64::MAX] {
+        let ready = receive(
+            &mut replica,
+            1,
+            Message::Accept(Accept {
+                ballot: Ballot::new(1, 1),
+                slot,
+                batch: batch(1, &[]),
+            }),
+        );
+        assert!(ready.writes.is_empty(), "slot {slot}");
+        assert!(matches!(ready.events[..], [Event::MessageRejected { .. }]));
+    }
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Decide(Decide {
+            ballot: Ballot::new(1, 1),
+            slot: u64::MAX,
+        }),
+    );
+    assert!(ready.fetches.is_empty());
+    assert_eq!(replica.promised(), Ballot::ZERO);
+    // The largest possible ballot still leaves room to raise above it.
+    assert!(Ballot::above([crate::types::ROUND_MAX - 1], 2).is_some());
+}
+
+#[test]
+fn a_promise_carries_only_what_the_candidate_lacks() {
+    let mut replica = fresh(2, 3);
+    for slot in 1..=3 {
+        receive(
+            &mut replica,
+            1,
+            Message::Accept(Accept {
+                ballot: Ballot::new(1, 1),
+                slot,
+                batch: batch(1, &[transfer(&format!("t{slot}"), 1, 2, 1)]),
+            }),
+        );
+    }
+    let ready = receive(
+        &mut replica,
+        3,
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(2, 3),
+            decided: 2,
+        }),
+    );
+    let Some(Message::Promise(promise)) = messages_to(&ready, 3).first().copied() else {
+        panic!("a promise");
+    };
+    let slots: Vec<Height> = promise.accepted.iter().map(|value| value.slot).collect();
+    assert_eq!(slots, vec![3], "slots 1 and 2 are decided at the candidate");
+}
+
+#[test]
+fn an_acceptor_far_behind_declines_to_vote_and_catches_up() {
+    let mut replica = fresh(2, 3);
+    let far = acceptor::ACCEPT_AHEAD_MAX + 1;
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Accept(Accept {
+            ballot: Ballot::new(1, 1),
+            slot: far,
+            batch: batch(1, &[]),
+        }),
+    );
+    assert!(replica.accepted().is_empty(), "nothing held that far ahead");
+    assert!(messages_to(&ready, 1).is_empty(), "no vote");
+    assert_eq!(ready.fetches, vec![Fetch { peer: 1, from: 1 }]);
+}
+
+/// Node 1 of 3 hears node `peer` report `height` in a heartbeat.
+fn hear_height(replica: &mut Replica, peer: NodeId, height: Height) -> Ready {
+    receive(
+        replica,
+        peer,
+        Message::Heartbeat(Heartbeat {
+            round: 1,
+            decided: height,
+        }),
+    )
+}
+
+#[test]
+fn a_fetch_that_fails_goes_to_another_peer_next() {
+    let mut replica = fresh(1, 3);
+    let first = hear_height(&mut replica, 2, 9);
+    assert_eq!(first.fetches, vec![Fetch { peer: 2, from: 1 }]);
+    hear_height(&mut replica, 3, 7);
+    // Node 2 never answers; after the fetch timeout the next fetch goes to node 3, even though
+    // node 2 keeps reporting the greater height (its heartbeats reach us, our requests do not).
+    let mut fetches = Vec::new();
+    for _ in 0..=replica.config.fetch_timeout_ticks {
+        fetches.extend(replica.step(Input::Tick).fetches);
+        hear_height(&mut replica, 2, 9);
+        hear_height(&mut replica, 3, 7);
+    }
+    assert_eq!(fetches.last(), Some(&Fetch { peer: 3, from: 1 }));
+    // An empty answer is a failure too: the next fetch goes elsewhere at once.
+    let ready = replica.step(Input::Blocks {
+        from: 3,
+        blocks: vec![],
+    });
+    assert!(ready.fetches.iter().all(|fetch| fetch.peer != 3));
+}
+
+#[test]
+fn catch_up_asks_only_peers_heard_recently() {
+    let mut replica = fresh(1, 3);
+    hear_height(&mut replica, 2, 9);
+    replica.step(Input::Disconnected(2));
+    for _ in 0..10 {
+        let ready = replica.step(Input::Tick);
+        assert!(
+            ready.fetches.iter().all(|fetch| fetch.peer != 2),
+            "node 2's connection closed: it is not asked"
+        );
+    }
+}
+
+#[test]
+fn a_candidate_drops_a_promise_whose_blocks_it_cannot_get() {
+    // Finding 1 of the liveness issue: the candidate counted node 2's promise, which says slots up
+    // to 4 are decided; node 2 then goes away. The candidate must not wait on it for good.
+    let mut replica = fresh(1, 5);
+    replica.start_election();
+    let ballot = replica.election.ballot();
+    let promise = |decided| {
+        Message::Promise(Promise {
+            ballot,
+            decided,
+            accepted: vec![],
+        })
+    };
+    receive(&mut replica, 2, promise(4));
+    let ready = receive(&mut replica, 3, promise(0));
+    assert_eq!(replica.role(), RoleName::Candidate);
+    assert_eq!(ready.fetches, vec![Fetch { peer: 2, from: 1 }]);
+    replica.step(Input::Disconnected(2));
+    // Without node 2's promise there is no majority (1, 3): one more promise finishes Phase 1.
+    assert_eq!(replica.role(), RoleName::Candidate);
+    receive(&mut replica, 4, promise(0));
+    assert_eq!(replica.role(), RoleName::Leader);
+}
+
+#[test]
+fn a_candidate_that_cannot_finish_starts_over() {
+    // Its Prepares are lost, but it hears a majority: after an election timeout it runs again
+    // with a higher ballot instead of waiting on the promises it has not got.
+    let mut replica = fresh(1, 5);
+    replica.start_election();
+    let first = replica.election.ballot();
+    let mut ballots = Vec::new();
+    for _ in 0..=replica.config.election_timeout_ticks_max + 1 {
+        let round = replica.election.round();
+        for peer in [2, 3] {
+            receive(
+                &mut replica,
+                peer,
+                Message::HeartbeatReply(HeartbeatReply {
+                    round,
+                    ballot: Ballot::new(0, peer),
+                    quorum_connected: false,
+                    leader: None,
+                    decided: 0,
+                }),
+            );
+        }
+        let ready = replica.step(Input::Tick);
+        for event in &ready.events {
+            if let Event::ElectionStarted { ballot } = event {
+                ballots.push(*ballot);
+            }
+        }
+    }
+    assert_eq!(replica.role(), RoleName::Candidate);
+    assert!(
+        ballots.iter().any(|ballot| *ballot > first),
+        "a new Phase 1 with a higher ballot within an election timeout: {ballots:?}"
+    );
+}
+
+#[test]
+fn a_closed_connection_to_the_leader_starts_an_election_at_once() {
+    let mut replica = fresh(2, 3);
+    // Node 2 is quorum-connected and follows node 1.
+    receive(
+        &mut replica,
+        1,
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(1, 1),
+            decided: 0,
+        }),
+    );
+    replica.election.quorum_connected_for_tests();
+    let ready = replica.step(Input::Disconnected(1));
+    assert!(ready
+        .events
+        .iter()
+        .any(|event| matches!(event, Event::ElectionStarted { .. })));
+    assert_eq!(replica.role(), RoleName::Candidate);
+    // A closed connection to anyone else changes nothing.
+    let mut follower = fresh(2, 3);
+    receive(
+        &mut follower,
+        1,
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(1, 1),
+            decided: 0,
+        }),
+    );
+    follower.election.quorum_connected_for_tests();
+    let ready = follower.step(Input::Disconnected(3));
+    assert!(ready.events.is_empty());
 }

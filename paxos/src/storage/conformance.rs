@@ -28,6 +28,8 @@ pub fn run_all<H: Harness>(harness: &mut H) {
     the_pending_log_survives_reopening(harness);
     a_bad_batch_changes_nothing(harness);
     a_reopened_store_restores_the_same_ledger(harness);
+    a_store_resumes_from_its_snapshot_and_archives_records(harness);
+    a_snapshot_that_does_not_match_the_chain_is_refused(harness);
 }
 
 fn transfer(id: &str, from: u32, to: u32, amount: u64) -> Transfer {
@@ -221,5 +223,57 @@ fn a_reopened_store_restores_the_same_ledger<H: Harness>(harness: &mut H) {
     assert!(
         restore(&store, 3, 100).is_err(),
         "another cluster's genesis must be refused"
+    );
+}
+
+fn a_store_resumes_from_its_snapshot_and_archives_records<H: Harness>(harness: &mut H) {
+    let mut store = harness.create();
+    let mut ledger = Ledger::genesis(5, 100);
+    write(&mut store, &[Write::AppendBlock(Block::genesis(5, 100))]);
+    for height in 1..=300u64 {
+        let id = format!("t{height}");
+        let block = ledger.apply(1, &[transfer(&id, 1 + (height % 5) as u32, 1, 1)]);
+        write(
+            &mut store,
+            &[
+                Write::AppendBlock(block),
+                Write::Snapshot(ledger.snapshot()),
+            ],
+        );
+    }
+    let store = harness.reopen(store);
+    assert_eq!(store.snapshot().expect("read"), Some(ledger.snapshot()));
+    let restored = restore(&store, 5, 100).expect("restore");
+    assert_eq!(restored.ledger.height(), 300);
+    assert_eq!(restored.ledger.head_hash(), ledger.head_hash());
+    assert_eq!(restored.ledger.balances(), ledger.balances());
+    assert_eq!(restored.ledger.transfer_count(), 300);
+    assert_eq!(
+        restored.ledger.records_in_memory(),
+        0,
+        "a resumed ledger keeps no record in memory"
+    );
+    let id = TransferId::new("t17").expect("valid id");
+    let record = restored.ledger.lookup(&id).expect("the archive has t17");
+    assert_eq!(record, ledger.lookup(&id).expect("the ledger has t17"));
+    assert_eq!(record.height, 17);
+    assert!(restored
+        .ledger
+        .lookup(&TransferId::new("never").expect("valid id"))
+        .is_none());
+}
+
+fn a_snapshot_that_does_not_match_the_chain_is_refused<H: Harness>(harness: &mut H) {
+    let mut store = harness.create();
+    let (blocks, ledger) = chain(3);
+    let writes: Vec<Write> = blocks.iter().cloned().map(Write::AppendBlock).collect();
+    write(&mut store, &writes);
+    let mut wrong = ledger.snapshot();
+    wrong.balances[0] += 1;
+    write(&mut store, &[Write::Snapshot(wrong)]);
+    let store = harness.reopen(store);
+    assert!(
+        restore(&store, 5, 100).is_err(),
+        "balances that do not sum to the genesis total must be refused"
     );
 }

@@ -1,14 +1,45 @@
 //! An in-memory [`Storage`]: the simulator's disk, and the reference the sled store is tested against.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use super::{AcceptorState, Storage, Write};
-use crate::ledger::Block;
+use crate::ledger::{Archive, Block, LedgerSnapshot, Outcome, Record, TransferId};
 use crate::types::Height;
 
-/// Keeps everything in memory. Cloning it is how the simulator snapshots a node's disk.
-#[derive(Clone, Debug, Default)]
+/// Keeps everything in memory. Cloning it copies the whole store (the clone shares nothing).
+#[derive(Debug, Default)]
 pub struct MemoryStorage {
     acceptor: AcceptorState,
     blocks: Vec<Block>,
+    snapshot: Option<LedgerSnapshot>,
+    records: Arc<MemoryArchive>,
+}
+
+impl Clone for MemoryStorage {
+    fn clone(&self) -> MemoryStorage {
+        let records = self.records.records.read().expect("not poisoned").clone();
+        MemoryStorage {
+            acceptor: self.acceptor.clone(),
+            blocks: self.blocks.clone(),
+            snapshot: self.snapshot.clone(),
+            records: Arc::new(MemoryArchive {
+                records: RwLock::new(records),
+            }),
+        }
+    }
+}
+
+/// The transfer records of a [`MemoryStorage`]'s chain, shared with the ledger as its archive.
+#[derive(Debug, Default)]
+pub struct MemoryArchive {
+    records: RwLock<HashMap<TransferId, Record>>,
+}
+
+impl Archive for MemoryArchive {
+    fn lookup(&self, id: &TransferId) -> Option<Record> {
+        self.records.read().expect("not poisoned").get(id).cloned()
+    }
 }
 
 /// A write the in-memory store refuses.
@@ -100,8 +131,23 @@ impl Storage for MemoryStorage {
                     self.acceptor
                         .accepted
                         .retain(|slot, _| *slot > block.height);
+                    let mut records = self.records.records.write().expect("not poisoned");
+                    for entry in &block.entries {
+                        if !matches!(entry.outcome, Outcome::Duplicate { .. }) {
+                            records.insert(
+                                entry.transfer.id.clone(),
+                                Record {
+                                    height: block.height,
+                                    block_hash: block.hash,
+                                    transfer: entry.transfer.clone(),
+                                    outcome: entry.outcome.clone(),
+                                },
+                            );
+                        }
+                    }
                     self.blocks.push(block.clone());
                 }
+                Write::Snapshot(snapshot) => self.snapshot = Some(snapshot.clone()),
                 Write::AddPending(transfer) => {
                     self.acceptor
                         .pending
@@ -124,9 +170,19 @@ impl Storage for MemoryStorage {
     }
 
     fn blocks(&self, from: Height, limit: usize) -> Result<Vec<Block>, MemoryStorageError> {
-        let start = (from as usize).min(self.blocks.len());
+        let start = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(self.blocks.len());
         let end = start.saturating_add(limit).min(self.blocks.len());
         Ok(self.blocks[start..end].to_vec())
+    }
+
+    fn snapshot(&self) -> Result<Option<LedgerSnapshot>, MemoryStorageError> {
+        Ok(self.snapshot.clone())
+    }
+
+    fn archive(&self) -> Arc<dyn Archive> {
+        self.records.clone()
     }
 }
 

@@ -10,9 +10,13 @@ mod memory;
 
 use std::collections::BTreeMap;
 
-pub use memory::{MemoryStorage, MemoryStorageError};
+pub use memory::{MemoryArchive, MemoryStorage, MemoryStorageError};
 
-use crate::ledger::{Batch, Block, ChainError, Ledger, Transfer, TransferId};
+use std::sync::Arc;
+
+use crate::ledger::{
+    Archive, Batch, Block, ChainError, Ledger, LedgerSnapshot, Transfer, TransferId,
+};
 use crate::types::{Ballot, Height};
 
 /// One change to durable state. A step's writes form one atomic batch.
@@ -35,6 +39,9 @@ pub enum Write {
     AddPending(Transfer),
     /// A transfer leaves the pending log (it is in a block, or was refused).
     RemovePending(TransferId),
+    /// The ledger's state at the head block (follows every `AppendBlock`), so a restart resumes
+    /// from it instead of replaying the chain.
+    Snapshot(LedgerSnapshot),
 }
 
 /// What the acceptor and the pending log hold on disk (the chain is read separately).
@@ -65,6 +72,13 @@ pub trait Storage {
 
     /// Up to `limit` consecutive blocks starting at height `from`, in order.
     fn blocks(&self, from: Height, limit: usize) -> Result<Vec<Block>, Self::Error>;
+
+    /// The last snapshot written, if any.
+    fn snapshot(&self) -> Result<Option<LedgerSnapshot>, Self::Error>;
+
+    /// A handle that looks up transfer records in the stored chain, for the ledger's
+    /// [`Archive`]. It sees every batch as soon as [`Storage::write`] returns.
+    fn archive(&self) -> Arc<dyn Archive>;
 }
 
 /// Why a node could not be restored from its storage.
@@ -76,6 +90,9 @@ pub enum RestoreError<E: std::error::Error + 'static> {
     /// The stored chain does not verify.
     #[error("the stored chain is broken: {0}")]
     Chain(#[source] ChainError),
+    /// The stored state holds something no correct node writes.
+    #[error("the stored state is impossible: {0}")]
+    Impossible(String),
 }
 
 /// Everything a node needs from disk to resume, checked.
@@ -90,37 +107,108 @@ pub struct Restored {
 /// The number of blocks read at a time while replaying the chain.
 const REPLAY_BLOCKS_PER_READ: usize = 1_024;
 
-/// Reads a node's durable state and replays its chain, checking every block. An empty store yields
-/// the genesis state; the caller writes the genesis block on first start.
+/// Reads a node's durable state and checks it. The ledger resumes from the stored snapshot when
+/// it matches the head block (it always does for stores written by this version); otherwise the
+/// chain is replayed, checking every block. An empty store yields the genesis state; the caller
+/// writes the genesis block on first start.
 pub fn restore<S: Storage>(
     storage: &S,
     accounts: u32,
     genesis_balance: u64,
 ) -> Result<Restored, RestoreError<S::Error>> {
-    let acceptor = storage.acceptor_state().map_err(RestoreError::Storage)?;
+    let mut acceptor = storage.acceptor_state().map_err(RestoreError::Storage)?;
+    if acceptor.promised.round >= crate::types::ROUND_MAX {
+        return Err(RestoreError::Impossible(format!(
+            "the promised ballot {} has a round no correct node reaches",
+            acceptor.promised
+        )));
+    }
+    let archive = storage.archive();
     let mut ledger = Ledger::genesis(accounts, genesis_balance);
+    ledger.set_archive(archive.clone());
     if let Some(height) = storage.height().map_err(RestoreError::Storage)? {
         let genesis = storage.blocks(0, 1).map_err(RestoreError::Storage)?;
-        ledger =
+        let replayed =
             Ledger::replay(accounts, genesis_balance, &genesis).map_err(RestoreError::Chain)?;
-        while ledger.height() < height {
-            let blocks = storage
-                .blocks(ledger.height() + 1, REPLAY_BLOCKS_PER_READ)
-                .map_err(RestoreError::Storage)?;
-            if blocks.is_empty() {
-                return Err(RestoreError::Chain(ChainError::WrongHeight {
-                    expected: ledger.height() + 1,
-                    got: height,
-                }));
+        let snapshot = storage.snapshot().map_err(RestoreError::Storage)?;
+        ledger = match snapshot.filter(|snapshot| snapshot.height == height) {
+            Some(snapshot) => resume(storage, accounts, genesis_balance, snapshot, archive)?,
+            None => {
+                // The archive already holds every stored record, later blocks' included: the
+                // replay must not consult it, or every transfer would look like a duplicate.
+                let mut ledger = replayed;
+                replay_rest(storage, &mut ledger, height)?;
+                ledger.set_archive(archive);
+                ledger.archive_through(height);
+                ledger
             }
-            for block in &blocks {
-                ledger.append(block).map_err(RestoreError::Chain)?;
-            }
-        }
+        };
     }
-    let mut acceptor = acceptor;
     // A value accepted for a slot the chain already holds is settled: the block is what was
     // decided there. Stores drop such values with the block; one left behind is harmless.
     acceptor.accepted = acceptor.accepted.split_off(&(ledger.height() + 1));
     Ok(Restored { acceptor, ledger })
+}
+
+/// Resumes from `snapshot` after checking it against the stored head block and the genesis total.
+fn resume<S: Storage>(
+    storage: &S,
+    accounts: u32,
+    genesis_balance: u64,
+    snapshot: LedgerSnapshot,
+    archive: Arc<dyn Archive>,
+) -> Result<Ledger, RestoreError<S::Error>> {
+    let head = storage
+        .blocks(snapshot.height, 1)
+        .map_err(RestoreError::Storage)?
+        .pop()
+        .ok_or_else(|| {
+            RestoreError::Impossible(format!(
+                "the snapshot is at block {} but the chain holds no such block",
+                snapshot.height
+            ))
+        })?;
+    if head.hash != snapshot.head_hash {
+        return Err(RestoreError::Impossible(format!(
+            "the snapshot names block {} {:?} but the chain holds {:?}",
+            snapshot.height, snapshot.head_hash, head.hash
+        )));
+    }
+    let total: u128 = snapshot
+        .balances
+        .iter()
+        .map(|balance| *balance as u128)
+        .sum();
+    if snapshot.balances.len() != accounts as usize
+        || total != genesis_balance as u128 * accounts as u128
+    {
+        return Err(RestoreError::Impossible(format!(
+            "the snapshot's balances {:?} do not sum to the genesis total",
+            snapshot.balances
+        )));
+    }
+    Ok(Ledger::resume(accounts, genesis_balance, snapshot, archive))
+}
+
+/// Replays the stored blocks above the ledger's height up to `height`, checking each.
+fn replay_rest<S: Storage>(
+    storage: &S,
+    ledger: &mut Ledger,
+    height: Height,
+) -> Result<(), RestoreError<S::Error>> {
+    while ledger.height() < height {
+        let blocks = storage
+            .blocks(ledger.height() + 1, REPLAY_BLOCKS_PER_READ)
+            .map_err(RestoreError::Storage)?;
+        if blocks.is_empty() {
+            return Err(RestoreError::Chain(ChainError::WrongHeight {
+                expected: ledger.height() + 1,
+                got: height,
+            }));
+        }
+        for block in &blocks {
+            ledger.append(block).map_err(RestoreError::Chain)?;
+        }
+    }
+    Ok(())
 }
