@@ -17,9 +17,14 @@ pub struct Cli {
     #[arg(long, env = "BENMO_CLUSTER", default_value = DEFAULT_CLUSTER, global = true)]
     pub cluster: Cluster,
 
-    /// Ask this node (default: the first that answers).
+    /// Ask this node, and only this node. Without it, transfers and bench go to the leader a
+    /// quorum follows, and other commands ask the first node that answers.
     #[arg(long, global = true)]
     pub node: Option<NodeId>,
+
+    /// Say more: for a transfer, which node it went to and why.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
 
     /// How results are printed.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]

@@ -644,3 +644,152 @@ async fn benmoctl_local_runs_a_cluster_of_processes() {
     assert_eq!(out.matches(" stopped (pid ").count(), 3, "{out}");
     assert!(!dir.exists(), "--purge removes the data");
 }
+
+/// Every chain holds transfer `id` exactly once (any later copy is a duplicate).
+async fn assert_applied_once_everywhere(cluster: &Cluster, id: &str, nodes: u32) {
+    for node in 1..=nodes {
+        let (_, seen) = support::chain_index(&cluster.cluster, node).await;
+        let appearances = seen
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} is missing from node {node}'s chain"));
+        let ordered = appearances
+            .iter()
+            .filter(|(_, outcome)| outcome != "duplicate")
+            .count();
+        assert_eq!(ordered, 1, "node {node}: {appearances:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_without_node_goes_to_the_side_that_can_commit() {
+    // Seven nodes; node 1 ends up in the minority {1, 2, 3} and the majority {4..7} leads.
+    let cluster = Cluster::start(7).await;
+    cluster.wait_for_leader().await;
+    let run = cluster.ctl(&["partition", "1,2,3", "4,5,6,7"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    cluster
+        .wait_until("the majority side has a leader a quorum hears", |nodes| {
+            nodes.iter().any(|node| {
+                node["role"] == "leader"
+                    && node["quorum_connected"] == true
+                    && node["node"].as_u64().unwrap() >= 4
+            })
+        })
+        .await;
+    let started = Instant::now();
+    let (code, json) = cluster
+        .ctl_json(&[
+            "transfer", "--from", "4", "--to", "6", "--amount", "1", "--id", "routed-1",
+        ])
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(code, 0, "{json}");
+    assert!(json["node"].as_u64().unwrap() >= 4, "{json}");
+    assert_eq!(json["routed"], "the leader a quorum follows");
+    // One election timeout (400 ms) plus a commit, with room for a loaded test machine.
+    assert!(elapsed < Duration::from_millis(2_500), "took {elapsed:?}");
+
+    // Verbose says where it went, on stderr.
+    let run = cluster
+        .ctl(&[
+            "--verbose",
+            "transfer",
+            "--from",
+            "5",
+            "--to",
+            "6",
+            "--amount",
+            "1",
+        ])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.err.contains("the leader a quorum follows"),
+        "{}",
+        run.err
+    );
+
+    // --node keeps its meaning: exactly that node, which cannot commit from the minority.
+    let (code, json) = cluster
+        .ctl_json(&[
+            "--node",
+            "1",
+            "transfer",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--amount",
+            "1",
+            "--timeout-ms",
+            "800",
+        ])
+        .await;
+    assert_eq!(code, 3, "the minority cannot commit: {json}");
+    assert_eq!(json["node"], 1);
+
+    run_heal_and_check(&cluster, "routed-1").await;
+}
+
+async fn run_heal_and_check(cluster: &Cluster, id: &str) {
+    let run = cluster.ctl(&["heal", "--all"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let height = cluster.transfer(1, 2, 1).await["height"].as_u64().unwrap();
+    cluster.wait_until_converged(height).await;
+    assert_applied_once_everywhere(cluster, id, cluster.nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_follows_the_leader_when_its_node_is_cut_off_during_the_wait() {
+    let cluster = Cluster::start(5).await;
+    let leader = cluster.wait_for_leader().await;
+    // The leader is cut off from everyone, and the transfer starts at once: the leader still
+    // reports the majority it heard in its last heartbeat round, so it is where the transfer
+    // usually goes first, and where it cannot commit. The client must take it, under the same id,
+    // to the new leader's side, and it must be applied exactly once.
+    let others: Vec<String> = (1..=5)
+        .filter(|node| *node != leader)
+        .map(|node| node.to_string())
+        .collect();
+    let run = cluster
+        .ctl(&["partition", &leader.to_string(), &others.join(",")])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let started = Instant::now();
+    let run = cluster
+        .ctl(&[
+            "--verbose",
+            "--output",
+            "json",
+            "transfer",
+            "--from",
+            &others[0],
+            "--to",
+            &others[1],
+            "--amount",
+            "1",
+            "--id",
+            "rerouted-1",
+            "--timeout-ms",
+            "8000",
+        ])
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(run.code, 0, "{run:?}");
+    let answered_by = run.json()["node"].as_u64().unwrap() as u32;
+    assert_ne!(
+        answered_by, leader,
+        "the cut-off node cannot commit: {run:?}"
+    );
+    let first = format!("sending transfer rerouted-1 to node {leader} ");
+    if run.err.contains(&first) {
+        assert!(
+            run.err.contains("re-routing transfer rerouted-1"),
+            "{}",
+            run.err
+        );
+    }
+    println!("{}", run.err.trim());
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    run_heal_and_check(&cluster, "rerouted-1").await;
+}

@@ -11,7 +11,7 @@ use rand::{Rng, RngCore};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
+use super::{route, Context};
 use crate::cli::{BenchArgs, Format};
 use crate::connect::Nodes;
 use crate::render;
@@ -127,14 +127,34 @@ pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Termina
         let _ = writeln!(terminal.err, "error: a bench needs at least two accounts");
         return exit::USAGE;
     }
-    let targets = context.candidates();
+    // All load goes where a transfer would: the leader a quorum follows (or --node).
+    let Some(route) = route::find(context).await else {
+        let _ = writeln!(terminal.err, "error: no node could be reached");
+        return exit::UNREACHABLE;
+    };
+    let _ = writeln!(
+        terminal.err,
+        "bench: {} clients for {} s against node {} ({})",
+        arguments.clients,
+        arguments.duration_s,
+        route.node,
+        route.reason.describe()
+    );
+    let cpu_before = server_cpu_us(context).await;
     let run = format!("bench-{:08x}", rand::rng().next_u32());
     let duration = Duration::from_secs(arguments.duration_s);
     let started = Instant::now();
     let deadline = started + duration;
+    let progress = tokio::spawn(report_progress(
+        context.nodes.clone(),
+        route.node,
+        started,
+        duration,
+        context.format,
+    ));
     let mut tasks = JoinSet::new();
     for index in 0..arguments.clients {
-        let node = targets[index as usize % targets.len()];
+        let node = route.node;
         tasks.spawn(client(
             context.nodes.clone(),
             node,
@@ -154,41 +174,118 @@ pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Termina
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    progress.abort();
+    let cpu_after = server_cpu_us(context).await;
     total.latencies_us.sort_unstable();
     let committed = total.latencies_us.len() as u64;
+    let decided = committed + total.rejected;
     let throughput = committed as f64 / elapsed;
-    let (p50, p99, max) = (
+    let (p50, p90, p99, max) = (
         percentile(&total.latencies_us, 0.5),
+        percentile(&total.latencies_us, 0.9),
         percentile(&total.latencies_us, 0.99),
         percentile(&total.latencies_us, 1.0),
     );
+    // Server CPU per decided transfer, over the nodes that answered both before and after.
+    let cpu_us_per_op = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if decided > 0 && after >= before => {
+            Some((after - before) as f64 / decided as f64)
+        }
+        _ => None,
+    };
     if context.format == Format::Json {
         let _ = render::json(
             terminal.out,
             &json!({
                 "clients": arguments.clients,
+                "node": route.node,
                 "duration_s": elapsed,
                 "committed": committed,
                 "rejected": total.rejected,
                 "pending": total.pending,
                 "errors": total.errors,
                 "throughput_per_s": throughput,
+                "ops_per_s": decided as f64 / elapsed,
                 "latency_ms_p50": p50,
+                "latency_ms_p90": p90,
                 "latency_ms_p99": p99,
                 "latency_ms_max": max,
+                "server_cpu_us_per_op": cpu_us_per_op,
             }),
         );
     } else {
+        let cpu = cpu_us_per_op.map_or("unknown (a node did not answer)".to_string(), |cpu| {
+            format!("{cpu:.0} µs per transfer")
+        });
         let _ = writeln!(
             terminal.out,
-            "{} clients for {elapsed:.1} s: {committed} committed ({throughput:.0}/s), {} rejected by the ledger, {} errors, {} not committed in time\nlatency: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
-            arguments.clients, total.rejected, total.errors, total.pending
+            "{} clients for {elapsed:.1} s against node {}: {committed} committed ({throughput:.0}/s), {} rejected by the ledger, {} errors, {} not committed in time\nlatency: p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms\nserver CPU: {cpu}",
+            arguments.clients, route.node, total.rejected, total.errors, total.pending
         );
     }
     if committed == 0 {
         exit::FAILED
     } else {
         exit::OK
+    }
+}
+
+/// The CPU time every node's process used so far, summed, in µs; `None` if a node did not
+/// answer (the sum would mean nothing).
+async fn server_cpu_us(context: &Context) -> Option<u64> {
+    let nodes = context.nodes.clone();
+    let answers = super::on_every_node(&context.nodes.ids(), move |node| {
+        let nodes = nodes.clone();
+        async move {
+            let mut client = nodes.ledger(node)?;
+            client
+                .status(proto::StatusRequest {})
+                .await
+                .map(|response| response.into_inner().cpu_time_us)
+                .map_err(|status| nodes.error(node, status))
+        }
+    })
+    .await;
+    answers
+        .into_iter()
+        .map(|(_, answer)| answer.ok())
+        .sum::<Option<u64>>()
+}
+
+/// Prints the chain's height and the commits per second once a second on stderr while a table
+/// bench runs, so a long run shows it is alive.
+async fn report_progress(
+    nodes: Nodes,
+    node: NodeId,
+    started: Instant,
+    duration: Duration,
+    format: Format,
+) {
+    if format == Format::Json {
+        return;
+    }
+    let mut last: Option<(Instant, u64)> = None;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let Ok(mut client) = nodes.ledger(node) else {
+            return;
+        };
+        let Ok(status) = client.status(proto::StatusRequest {}).await else {
+            continue;
+        };
+        let status = status.into_inner();
+        let now = Instant::now();
+        if let Some((at, blocks)) = last {
+            let rate = status.height.saturating_sub(blocks) as f64 / (now - at).as_secs_f64();
+            eprintln!(
+                "  {:>4.0} s of {} s: height {}, {rate:.0} blocks/s",
+                started.elapsed().as_secs_f64(),
+                duration.as_secs(),
+                status.height
+            );
+        }
+        last = Some((now, status.height));
     }
 }
 

@@ -7,6 +7,7 @@ mod chain;
 mod faults;
 mod local;
 mod log;
+mod route;
 mod status;
 mod transfer;
 mod verify;
@@ -30,6 +31,8 @@ pub struct Context {
     pub format: Format,
     /// The node picked with --node.
     pub node: Option<NodeId>,
+    /// Say more about what the command does (which node a transfer went to, and why).
+    pub verbose: bool,
 }
 
 /// Runs a parsed command and returns the exit code.
@@ -48,6 +51,7 @@ pub async fn dispatch(cli: Cli, terminal: &mut Terminal<'_>) -> i32 {
         nodes: Nodes::new(cli.cluster, Duration::from_millis(cli.rpc_timeout_ms)),
         format: cli.output,
         node: cli.node,
+        verbose: cli.verbose,
     };
     if context.format == Format::Json {
         // Scripts read stdout: a failed command still prints one JSON object there.
