@@ -154,6 +154,17 @@ impl PeerService for Node {
                 continue;
             }
             let messages = convert::messages(frame).map_err(invalid)?;
+            // A message no correct peer sends ends the stream with the reason: it is bad input,
+            // never a reason for this node to stop (the core would drop it too).
+            for message in &messages {
+                if let Err(error) = message.check(self.nodes) {
+                    warn!("refused a {} from node {from}: {error}", message.kind());
+                    return Err(Status::invalid_argument(format!(
+                        "node {from} sent an impossible {}: {error}",
+                        message.kind()
+                    )));
+                }
+            }
             if self.core.send(Command::Peer { from, messages }).is_err() {
                 tracing::debug!("core loop busy; dropping a frame from node {from}");
             }

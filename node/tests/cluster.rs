@@ -793,3 +793,126 @@ async fn a_transfer_follows_the_leader_when_its_node_is_cut_off_during_the_wait(
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     run_heal_and_check(&cluster, "rerouted-1").await;
 }
+
+/// Opens a peer stream to `node` claiming to be node `claimed` of the cluster with `genesis`,
+/// sends `messages` as one frame, and returns how the node ended the stream.
+async fn send_as_peer(
+    address: &str,
+    claimed: u32,
+    genesis: benmo_paxos::Hash,
+    messages: Vec<benmo_paxos::Message>,
+) -> tonic::Status {
+    use benmo::proto::peer_service_client::PeerServiceClient;
+    let channel = benmo::dial::channel(
+        address,
+        Duration::from_secs(1),
+        Some(Duration::from_secs(5)),
+    )
+    .expect("a valid address");
+    let frames = tokio_stream::iter(vec![benmo::convert::frame(&messages)]);
+    let mut request = tonic::Request::new(frames);
+    benmo::convert::name_caller(&mut request, claimed, genesis);
+    match PeerServiceClient::new(channel).stream(request).await {
+        Ok(_) => tonic::Status::ok("the stream ended without an error"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_paxos_messages_with_impossible_ballots_or_slots_are_refused_and_no_node_exits() {
+    use benmo_paxos::message::{Accept, Decide, Prepare};
+    use benmo_paxos::{Ballot, Batch, Hash, Message};
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let (_, status) = cluster.ctl_json(&["--node", "1", "status"]).await;
+    let genesis = Hash::from_hex(status["nodes"][0]["genesis_hash"].as_str().unwrap()).unwrap();
+    let forgeries = [
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(u64::MAX, 2),
+            decided: 0,
+        }),
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(1, 0),
+            decided: 0,
+        }),
+        Message::Prepare(Prepare {
+            ballot: Ballot::new(1, 9),
+            decided: 0,
+        }),
+        Message::Accept(Accept {
+            ballot: Ballot::new(1, 2),
+            slot: 0,
+            batch: Batch::default(),
+        }),
+        Message::Accept(Accept {
+            ballot: Ballot::new(1, 2),
+            slot: u64::MAX,
+            batch: Batch::default(),
+        }),
+        Message::Decide(Decide {
+            ballot: Ballot::new(1, 2),
+            slot: u64::MAX,
+        }),
+    ];
+    for forgery in forgeries {
+        for node in 1..=3 {
+            let refusal = send_as_peer(
+                &cluster.address(node),
+                node % 3 + 1,
+                genesis,
+                vec![forgery.clone()],
+            )
+            .await;
+            assert_eq!(
+                refusal.code(),
+                tonic::Code::InvalidArgument,
+                "{forgery:?}: {refusal:?}"
+            );
+            assert!(refusal.message().contains("impossible"), "{refusal:?}");
+        }
+    }
+    // Every node is still up, none promised the impossible ballot, and the cluster commits.
+    let nodes = cluster.status().await;
+    for node in &nodes {
+        assert_eq!(node["up"], true, "{node}");
+        let promised = node["promised"].as_str().unwrap();
+        let round: u64 = promised.split('.').next().unwrap().parse().unwrap();
+        assert!(round < 1_000, "node promised {promised}");
+    }
+    cluster.transfer(1, 2, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_does_not_make_leadership_flap() {
+    // Every fsync takes 40 ms more (an ordinary cloud disk under load), longer than a heartbeat.
+    // Writes run beside the core, so heartbeats and their replies never wait behind one: the
+    // leader elected at the start keeps leading through a load run.
+    let cluster = Cluster::start_with(3, &["--test-fsync-delay-ms", "40"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let before = cluster.status().await;
+    let ballot = before[leader as usize - 1]["ballot"].clone();
+    let elections = |cluster: &Cluster| -> usize {
+        (1..=3)
+            .map(|node| {
+                std::fs::read_to_string(cluster.log_path(node))
+                    .unwrap_or_default()
+                    .matches("starting election")
+                    .count()
+            })
+            .sum()
+    };
+    let elections_before = elections(&cluster);
+    let (code, bench) = cluster
+        .ctl_json(&["bench", "--clients", "8", "--duration-s", "6"])
+        .await;
+    assert_eq!(code, 0, "{bench}");
+    assert!(bench["committed"].as_u64().unwrap() > 0, "{bench}");
+    let after = cluster.status().await;
+    assert_eq!(after[leader as usize - 1]["role"], "leader", "{after:#?}");
+    assert_eq!(after[leader as usize - 1]["ballot"], ballot, "{after:#?}");
+    assert_eq!(
+        elections(&cluster),
+        elections_before,
+        "no election during the load run"
+    );
+}

@@ -4,8 +4,51 @@
 //! ([`crate::Fetch`]) and takes the answer as [`crate::Input::Blocks`], because serving blocks is a
 //! read of the peer's disk, not a step of its state machine.
 
+use crate::config::{BATCH_TRANSFERS_LIMIT, FORWARD_HOPS_MAX};
 use crate::ledger::{Batch, Transfer};
-use crate::types::{Ballot, Height};
+use crate::types::{Ballot, Height, NodeId, HEIGHT_MAX, ROUND_MAX};
+
+/// A message no correct peer sends. The core drops it; a host refuses it at the edge with this.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// A ballot of a node outside the cluster, or with a round no correct node reaches.
+    #[error("ballot {ballot} is impossible: ballots belong to nodes 1..={nodes} and rounds stay below {ROUND_MAX}")]
+    Ballot {
+        /// The ballot.
+        ballot: Ballot,
+        /// The cluster size.
+        nodes: u32,
+    },
+    /// Slot 0 (the genesis is never proposed) or a slot beyond [`HEIGHT_MAX`].
+    #[error("slot {slot} is impossible: slots are 1..={HEIGHT_MAX}")]
+    Slot {
+        /// The slot.
+        slot: Height,
+    },
+    /// A height beyond [`HEIGHT_MAX`].
+    #[error("height {height} is impossible: heights stay at or below {HEIGHT_MAX}")]
+    Height {
+        /// The height.
+        height: Height,
+    },
+    /// A batch with more transfers than any block may hold, or proposed by a node outside the
+    /// cluster.
+    #[error("a batch of {transfers} transfers proposed by node {proposer} is impossible (at most {BATCH_TRANSFERS_LIMIT} transfers, by nodes 0..={nodes})")]
+    Batch {
+        /// Its transfers.
+        transfers: usize,
+        /// Its proposer.
+        proposer: NodeId,
+        /// The cluster size.
+        nodes: u32,
+    },
+    /// A forward passed on more often than allowed.
+    #[error("a forward passed on {hops} times is impossible (at most {FORWARD_HOPS_MAX})")]
+    Hops {
+        /// How often it was passed on.
+        hops: u32,
+    },
+}
 
 /// A message from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +199,102 @@ impl Message {
             self,
             Message::Prepare(_) | Message::Promise(_) | Message::Accepted(_)
         )
+    }
+
+    /// Checks that a correct peer of a cluster of `nodes` could have sent this message: every
+    /// ballot of a member with a round below [`ROUND_MAX`], every slot in `1..=HEIGHT_MAX`, every
+    /// height at most [`HEIGHT_MAX`], batches within [`BATCH_TRANSFERS_LIMIT`]. Every ballot, slot
+    /// and height the core computes with afterwards is bounded by this, so no sum overflows.
+    pub fn check(&self, nodes: u32) -> Result<(), MessageError> {
+        let ballot = |ballot: &Ballot| {
+            if ballot.node >= 1 && ballot.node <= nodes && ballot.round < ROUND_MAX {
+                Ok(())
+            } else {
+                Err(MessageError::Ballot {
+                    ballot: *ballot,
+                    nodes,
+                })
+            }
+        };
+        let height = |height: Height| {
+            if height <= HEIGHT_MAX {
+                Ok(())
+            } else {
+                Err(MessageError::Height { height })
+            }
+        };
+        let slot = |slot: Height| {
+            if slot > 0 && slot <= HEIGHT_MAX {
+                Ok(())
+            } else {
+                Err(MessageError::Slot { slot })
+            }
+        };
+        let batch = |batch: &Batch| {
+            if batch.transfers.len() <= BATCH_TRANSFERS_LIMIT && batch.proposer <= nodes {
+                Ok(())
+            } else {
+                Err(MessageError::Batch {
+                    transfers: batch.transfers.len(),
+                    proposer: batch.proposer,
+                    nodes,
+                })
+            }
+        };
+        match self {
+            Message::Heartbeat(heartbeat) => height(heartbeat.decided),
+            Message::HeartbeatReply(reply) => {
+                ballot(&reply.ballot)?;
+                if let Some(leader) = &reply.leader {
+                    ballot(leader)?;
+                }
+                height(reply.decided)
+            }
+            Message::Prepare(prepare) => {
+                ballot(&prepare.ballot)?;
+                height(prepare.decided)
+            }
+            Message::Promise(promise) => {
+                ballot(&promise.ballot)?;
+                height(promise.decided)?;
+                for value in &promise.accepted {
+                    slot(value.slot)?;
+                    ballot(&value.ballot)?;
+                    batch(&value.batch)?;
+                }
+                Ok(())
+            }
+            Message::Accept(accept) => {
+                ballot(&accept.ballot)?;
+                slot(accept.slot)?;
+                batch(&accept.batch)
+            }
+            Message::Accepted(accepted) => {
+                ballot(&accepted.ballot)?;
+                slot(accepted.slot)
+            }
+            Message::Decide(decide) => {
+                ballot(&decide.ballot)?;
+                slot(decide.slot)
+            }
+            Message::Nack(nack) => {
+                ballot(&nack.ballot)?;
+                ballot(&nack.promised)
+            }
+            Message::Forward(forward) => {
+                if forward.transfers.len() > BATCH_TRANSFERS_LIMIT {
+                    return Err(MessageError::Batch {
+                        transfers: forward.transfers.len(),
+                        proposer: 0,
+                        nodes,
+                    });
+                }
+                if forward.hops > FORWARD_HOPS_MAX {
+                    return Err(MessageError::Hops { hops: forward.hops });
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The message's name, for logs and counters.

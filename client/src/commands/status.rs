@@ -86,6 +86,9 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
                     "cut_outgoing": status.cut_outgoing,
                     "cut_incoming": status.cut_incoming,
                     "uptime_ms": status.uptime_ms,
+                    "in_flight": status.in_flight,
+                    "genesis_hash": render::hash_bytes(&status.genesis_hash).to_hex(),
+                    "cpu_time_us": status.cpu_time_us,
                 }),
                 Err(error) => json!({ "node": node, "up": false, "error": error.to_string() }),
             })

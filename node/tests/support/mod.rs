@@ -36,6 +36,8 @@ pub struct Cluster {
     pub nodes: u32,
     pub cluster: String,
     children: Vec<Option<Child>>,
+    /// Extra flags every node starts with.
+    flags: Vec<String>,
 }
 
 fn free_ports(count: u32) -> Vec<u16> {
@@ -55,6 +57,11 @@ pub fn node_binary() -> PathBuf {
 impl Cluster {
     /// Starts `nodes` nodes and waits until a leader has committed nothing yet but is elected.
     pub async fn start(nodes: u32) -> Cluster {
+        Cluster::start_with(nodes, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra flags for every node.
+    pub async fn start_with(nodes: u32, flags: &[&str]) -> Cluster {
         let ports = free_ports(nodes);
         let cluster = ports
             .iter()
@@ -67,6 +74,7 @@ impl Cluster {
             nodes,
             cluster,
             children: (0..nodes).map(|_| None).collect(),
+            flags: flags.iter().map(|flag| flag.to_string()).collect(),
         };
         for id in 1..=nodes {
             this.spawn(id);
@@ -109,6 +117,7 @@ impl Cluster {
             .arg(self.address(id).trim_start_matches("http://"))
             .arg("--data-dir")
             .arg(data_dir)
+            .args(&self.flags)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

@@ -50,7 +50,7 @@ impl Replica {
             self.reject(
                 from,
                 &Message::Accept(accept),
-                "slot too far above this node's height",
+                "slot too far above this node's height".to_string(),
             );
             self.fetch_preferring(Some(from));
             return;

@@ -75,7 +75,11 @@ impl Replica {
     /// Transfers handed on by another node: the leader queues them, anyone else passes them on.
     pub(super) fn handle_forward(&mut self, _from: NodeId, forward: Forward) {
         if forward.transfers.len() > self.config.batch_transfers_max {
-            self.reject(_from, &Message::Forward(forward), "too many transfers");
+            self.reject(
+                _from,
+                &Message::Forward(forward),
+                "too many transfers".to_string(),
+            );
             return;
         }
         let queue_max = self.config.queue_transfers_max;

@@ -28,7 +28,7 @@ use crate::config::{Config, ConfigError};
 use crate::ledger::{Batch, Block, Hash, Ledger, Outcome, Rejection, Transfer, TransferId};
 use crate::message::Message;
 use crate::storage::{Restored, Write};
-use crate::types::{Ballot, Height, NodeId, HEIGHT_MAX};
+use crate::types::{Ballot, Height, NodeId};
 
 use election::Election;
 
@@ -175,7 +175,7 @@ pub enum Event {
         /// The message's kind.
         kind: &'static str,
         /// Why.
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -447,15 +447,24 @@ impl Replica {
             // Only this node's own vote comes back to it, once durable (see `Ready`).
             match message {
                 Message::Accepted(accepted) => self.handle_accepted(from, accepted),
-                message => self.reject(from, &message, "a node sends itself only its own vote"),
+                message => self.reject(
+                    from,
+                    &message,
+                    "a node sends itself only its own vote".to_string(),
+                ),
             }
             return;
         }
         if from == 0 || from > self.config.nodes {
-            self.reject(from, &message, "sender is not a peer in this cluster");
+            self.reject(
+                from,
+                &message,
+                "sender is not a peer in this cluster".to_string(),
+            );
             return;
         }
-        if let Err(reason) = self.check_message(&message) {
+        if let Err(error) = message.check(self.config.nodes) {
+            let reason = error.to_string();
             self.reject(from, &message, reason);
             return;
         }
@@ -473,53 +482,7 @@ impl Replica {
         }
     }
 
-    /// Refuses messages no correct peer sends: ballots of nodes outside the cluster or with
-    /// impossible rounds, slot 0, impossible heights, oversized batches. Every ballot, slot and
-    /// height the core computes with afterwards is bounded by these checks, so no sum overflows.
-    fn check_message(&self, message: &Message) -> Result<(), &'static str> {
-        let nodes = self.config.nodes;
-        let ballot_ok = |ballot: &Ballot| {
-            ballot.node >= 1 && ballot.node <= nodes && ballot.round < crate::types::ROUND_MAX
-        };
-        let height_ok = |height: Height| height <= HEIGHT_MAX;
-        let slot_ok = |slot: Height| slot > 0 && slot <= HEIGHT_MAX;
-        let batch_ok = |batch: &Batch| {
-            batch.transfers.len() <= crate::config::BATCH_TRANSFERS_LIMIT && batch.proposer <= nodes
-        };
-        let ok = match message {
-            Message::Heartbeat(heartbeat) => height_ok(heartbeat.decided),
-            Message::Forward(forward) => {
-                forward.transfers.len() <= crate::config::BATCH_TRANSFERS_LIMIT
-                    && forward.hops <= crate::config::FORWARD_HOPS_MAX
-            }
-            Message::HeartbeatReply(reply) => {
-                ballot_ok(&reply.ballot)
-                    && reply.leader.as_ref().is_none_or(ballot_ok)
-                    && height_ok(reply.decided)
-            }
-            Message::Prepare(prepare) => ballot_ok(&prepare.ballot) && height_ok(prepare.decided),
-            Message::Promise(promise) => {
-                ballot_ok(&promise.ballot)
-                    && height_ok(promise.decided)
-                    && promise.accepted.iter().all(|value| {
-                        slot_ok(value.slot) && ballot_ok(&value.ballot) && batch_ok(&value.batch)
-                    })
-            }
-            Message::Accept(accept) => {
-                ballot_ok(&accept.ballot) && slot_ok(accept.slot) && batch_ok(&accept.batch)
-            }
-            Message::Accepted(accepted) => ballot_ok(&accepted.ballot) && slot_ok(accepted.slot),
-            Message::Decide(decide) => ballot_ok(&decide.ballot) && slot_ok(decide.slot),
-            Message::Nack(nack) => ballot_ok(&nack.ballot) && ballot_ok(&nack.promised),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err("impossible ballot, slot, height or batch")
-        }
-    }
-
-    fn reject(&mut self, from: NodeId, message: &Message, reason: &'static str) {
+    fn reject(&mut self, from: NodeId, message: &Message, reason: String) {
         self.ready.events.push(Event::MessageRejected {
             from,
             kind: message.kind(),
