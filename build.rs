@@ -9,7 +9,10 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["benmo/v1/benmo.proto"], ["proto"])?;
+    let descriptors = protox::compile(
+        ["benmo/v1/benmo.proto", "benmo/v1/storage.proto"],
+        ["proto"],
+    )?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
         out.join("benmo_descriptor.bin"),

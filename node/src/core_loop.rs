@@ -19,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
 use crate::host::{Environment, Host, TransferResult};
-use crate::storage::SledStorage;
+use crate::storage::{SledStorage, StorageError};
 use crate::transport::Transport;
 
 /// The most commands taken into one batch before its messages and writes go out.
@@ -125,28 +125,63 @@ pub struct WriterOptions {
     pub fsync_delay: Duration,
 }
 
-/// Starts the thread that owns `storage`: it writes each batch it is given, fsyncs, and reports
-/// through the returned channel. A write that fails ends the process: a node that cannot write
-/// cannot keep its promises, and nothing that waited for the write has been released.
+/// What the writer thread reports.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The write it was given is durable.
+    Durable,
+    /// Every block up to this height is in sled, where the archive finds it.
+    Archived(Height),
+}
+
+/// Starts the thread that owns `storage`: it writes each batch it is given (durable once the
+/// write-ahead log is synced), applies the log to sled in bulk (see `SLED_APPLY_DELAY`), and
+/// reports both through the returned channel. A write that fails ends the process: a node that
+/// cannot write cannot keep its promises, and nothing that waited for the write has been
+/// released.
 pub fn start_writer(
     mut storage: SledStorage,
     options: WriterOptions,
-) -> std::io::Result<(std_mpsc::Sender<Vec<Write>>, mpsc::UnboundedReceiver<()>)> {
+) -> std::io::Result<(
+    std_mpsc::Sender<Vec<Write>>,
+    mpsc::UnboundedReceiver<Written>,
+)> {
     let (writes, batches) = std_mpsc::channel::<Vec<Write>>();
     let (done, written) = mpsc::unbounded_channel();
+    let fail = |error: StorageError| -> ! {
+        error!(%error, "cannot write to the data directory; stopping");
+        std::process::exit(74);
+    };
     std::thread::Builder::new()
         .name("benmo-writer".to_string())
-        .spawn(move || {
-            while let Ok(batch) = batches.recv() {
-                if let Err(error) = storage.write(&batch) {
-                    error!(%error, "cannot write to the data directory; stopping");
-                    std::process::exit(74);
+        .spawn(move || loop {
+            let wait = storage
+                .backlog_due_in()
+                .unwrap_or(Duration::from_secs(3600));
+            match batches.recv_timeout(wait) {
+                Ok(batch) => {
+                    if let Err(error) = storage.write(&batch) {
+                        fail(error);
+                    }
+                    if !options.fsync_delay.is_zero() {
+                        std::thread::sleep(options.fsync_delay);
+                    }
+                    if done.send(Written::Durable).is_err() {
+                        return;
+                    }
                 }
-                if !options.fsync_delay.is_zero() {
-                    std::thread::sleep(options.fsync_delay);
-                }
-                if done.send(()).is_err() {
-                    return;
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if storage.backlog_due_in() == Some(Duration::ZERO) {
+                match storage.apply_backlog() {
+                    Ok(Some(height)) => {
+                        if done.send(Written::Archived(height)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => fail(error),
                 }
             }
         })?;
@@ -226,7 +261,7 @@ pub async fn run(
     mut host: Host<Waiter>,
     mut environment: NodeEnvironment,
     mut commands: mpsc::Receiver<Command>,
-    mut written: mpsc::UnboundedReceiver<()>,
+    mut written: mpsc::UnboundedReceiver<Written>,
     heartbeat: Duration,
     genesis_hash: Hash,
 ) {
@@ -239,15 +274,15 @@ pub async fn run(
     loop {
         tokio::select! {
             biased;
-            Some(()) = written.recv() => host.write_done(context.environment),
+            Some(event) = written.recv() => context.written(&mut host, event),
             command = commands.recv() => match command {
                 Some(command) => context.handle(&mut host, command),
                 None => return,
             },
             _ = ticker.tick() => {
                 // What already arrived belongs to the round this tick ends.
-                while let Ok(()) = written.try_recv() {
-                    host.write_done(context.environment);
+                while let Ok(event) = written.try_recv() {
+                    context.written(&mut host, event);
                 }
                 context.drain(&mut host, &mut commands);
                 host.tick(context.environment);
@@ -266,6 +301,13 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
+    fn written(&mut self, host: &mut Host<Waiter>, event: Written) {
+        match event {
+            Written::Durable => host.write_done(self.environment),
+            Written::Archived(height) => host.archived(height),
+        }
+    }
+
     /// Takes the commands already queued, up to a batch.
     fn drain(&mut self, host: &mut Host<Waiter>, commands: &mut mpsc::Receiver<Command>) {
         for _ in 0..COMMANDS_PER_BATCH_MAX {

@@ -64,8 +64,6 @@ struct Group {
     messages: Vec<Outgoing>,
     /// Transfers whose entry into the pending log is among `writes`.
     pending: Vec<TransferId>,
-    /// The highest block among `writes`.
-    appended_through: Option<Height>,
 }
 
 impl Group {
@@ -264,9 +262,6 @@ impl<W> Host<W> {
                 }
             }
         }
-        if let Some(height) = group.appended_through {
-            self.replica.archive_through(height);
-        }
         for outgoing in group.messages {
             if outgoing.to == self.id {
                 self.step(
@@ -291,6 +286,12 @@ impl<W> Host<W> {
     /// break with it.
     pub fn into_waiters(self) -> Vec<W> {
         self.waiters.into_values().flatten().collect()
+    }
+
+    /// The store's archive holds every block up to `height` now (its dedup index can answer for
+    /// them), so the core may forget their transfer records.
+    pub fn archived(&mut self, height: Height) {
+        self.replica.archive_through(height);
     }
 
     /// Drops the waiters `abandoned` says are gone (their clients stopped waiting).
@@ -365,10 +366,7 @@ impl<W> Host<W> {
         }
         for write in &writes {
             match write {
-                Write::AppendBlock(block) => {
-                    env.appended(block);
-                    self.collecting.appended_through = Some(block.height);
-                }
+                Write::AppendBlock(block) => env.appended(block),
                 Write::AddPending(transfer) => {
                     self.unflushed_pending.insert(transfer.id.clone());
                     self.collecting.pending.push(transfer.id.clone());

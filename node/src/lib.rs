@@ -1,7 +1,9 @@
 //! `benmo-node`: the consensus core driven by real time, real disks and real networks.
 //!
 //! - [`options`]: command-line flags (with environment equivalents) and their validation.
-//! - [`storage`]: the sled store behind the core's storage trait, with fsync after every batch.
+//! - [`storage`]: the node's store behind the core's storage trait: a write-ahead log for
+//!   durability (one fsync per group of writes), sled for lookups, checkpointed in the background.
+//! - [`wal`]: the write-ahead log's segments and records.
 //! - [`host`]: the host loop's logic with no I/O: group commit, release after durability,
 //!   batching per peer, waiting clients. The simulator drives the same code.
 //! - [`core_loop`]: the node's environment for the host: a tokio task that steps it and a writer
@@ -17,3 +19,4 @@ pub mod options;
 pub mod service;
 pub mod storage;
 pub mod transport;
+pub mod wal;

@@ -17,14 +17,22 @@
 //! and looks older ones up here, and restarts resume from the `s` snapshot instead of replaying the
 //! chain, so memory and start-up time stay flat however long the chain grows.
 //!
-//! Durability: sled syncs on its own only every 500 ms, and on Linux its `flush()` issues
-//! `sync_file_range` but no `fsync` (spacejam/sled#1452), which neither persists file metadata
-//! nor flushes the drive's cache. So [`SledStorage::write`] applies the batch, flushes, and then
-//! `fdatasync`s sled's data file: one durable write per batch.
+//! | `w`                  | the end of the last write-ahead log record applied here |
+//!
+//! Durability comes from the write-ahead log ([`crate::wal`]), not from sled: [`SledStorage::write`]
+//! appends the batch to the log as one record and `fdatasync`s it (one sync per group of writes,
+//! on one file), then applies it to sled without flushing. sled is made durable in the background
+//! now and then (a checkpoint: sled's flush, then `fdatasync` of its data file, since on Linux its
+//! flush issues `sync_file_range` but no `fsync`, spacejam/sled#1452), after which the log's older
+//! segments are deleted. Each sled batch also records the log position it came from (`w`), so on
+//! opening, exactly the records sled does not hold yet are applied again.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use benmo::convert::ConvertError;
 use benmo::proto;
@@ -36,6 +44,8 @@ use benmo_paxos::{
     TransferId, Write,
 };
 use prost::Message;
+
+use crate::wal::{Position, Wal, WalError};
 
 /// The on-disk format this code writes and reads.
 const FORMAT: &[u8] = b"benmo-sled-v1";
@@ -49,6 +59,7 @@ const ACCEPTED: u8 = b'a';
 const CHAIN: u8 = b'c';
 const PENDING: u8 = b'q';
 const SNAPSHOT: u8 = b's';
+const WAL_POSITION: u8 = b'w';
 const INDEX: u8 = b'x';
 
 /// Who a data directory belongs to. A node refuses a directory written for anyone else.
@@ -115,19 +126,47 @@ pub enum StorageError {
     /// A batch would break the chain or lower the promise.
     #[error("refused write: {0}")]
     Refused(String),
+    /// The write-ahead log failed.
+    #[error("{0}")]
+    Wal(#[from] WalError),
 }
 
-/// The node's sled store.
+/// The node's store: a write-ahead log for durability, sled for lookups.
 pub struct SledStorage {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
-    /// sled's data file, fsynced after every flush.
-    data_file: File,
-    /// The stored chain's height (None before the genesis).
+    wal: Wal,
+    /// Where the last checkpoint was asked for: the next one comes a segment later.
+    checkpointed: Position,
+    /// Wakes the checkpoint thread (which holds sled's data file, fsynced after each flush).
+    checkpoints: std::sync::mpsc::Sender<()>,
+    /// Writes durable in the log but not yet applied to sled (see [`SledStorage::apply_backlog`]).
+    backlog: RefCell<Backlog>,
+    /// The backlog's blocks, for the chain's readers.
+    waiting_blocks: Arc<Mutex<BTreeMap<Height, Block>>>,
+    /// The stored chain's height (None before the genesis), the backlog included.
     height: Option<Height>,
+    /// The stored promise, the backlog included.
     promised: Ballot,
 }
+
+/// Writes waiting to be applied to sled, in order, with the log position they end at.
+#[derive(Default)]
+struct Backlog {
+    writes: Vec<Write>,
+    end: Position,
+    since: Option<Instant>,
+}
+
+/// sled pays a write and a `sync_file_range` of its own for every batch applied to it, so the
+/// log's records are applied in bulk: at most this long after the first one waiting...
+pub const SLED_APPLY_DELAY: Duration = Duration::from_millis(20);
+/// ... or once this many writes wait.
+const SLED_BACKLOG_WRITES_MAX: usize = 8_192;
+
+/// The folder of the write-ahead log, beside sled's own files.
+const WAL_FOLDER: &str = "wal";
 
 /// The file that marks a directory as initialized, beside sled's own files.
 const IDENTITY_FILE: &str = "IDENTITY";
@@ -241,6 +280,128 @@ fn decode_snapshot(key: &[u8], bytes: &[u8]) -> Result<LedgerSnapshot, StorageEr
     })
 }
 
+/// A group of writes as one write-ahead log record.
+fn encode_record(writes: &[Write]) -> Vec<u8> {
+    use proto::stored_write::Kind;
+    let writes = writes
+        .iter()
+        .map(|write| {
+            let kind = match write {
+                Write::Promise(ballot) => Kind::Promise((*ballot).into()),
+                Write::Accept {
+                    slot,
+                    ballot,
+                    batch,
+                } => Kind::Accept(proto::AcceptedValue {
+                    slot: *slot,
+                    ballot: Some((*ballot).into()),
+                    batch: Some(batch.into()),
+                }),
+                Write::AppendBlock(block) => Kind::AppendBlock(block.into()),
+                Write::AddPending(transfer) => Kind::AddPending(transfer.into()),
+                Write::RemovePending(id) => Kind::RemovePending(id.as_str().to_string()),
+                Write::Snapshot(snapshot) => Kind::Snapshot(proto::LedgerSnapshot {
+                    height: snapshot.height,
+                    head_hash: snapshot.head_hash.0.to_vec(),
+                    balances: snapshot.balances.clone(),
+                    transfers: snapshot.transfers,
+                }),
+            };
+            proto::StoredWrite { kind: Some(kind) }
+        })
+        .collect();
+    proto::WalRecord { writes }.encode_to_vec()
+}
+
+/// Reads [`encode_record`].
+fn decode_record(payload: &[u8]) -> Result<Vec<Write>, StorageError> {
+    use proto::stored_write::Kind;
+    const KEY: &[u8] = b"write-ahead log record";
+    let record: proto::WalRecord = decode(KEY, payload)?;
+    record
+        .writes
+        .into_iter()
+        .map(|write| {
+            let missing = || corrupted(KEY, "a write of no kind");
+            Ok(match write.kind.ok_or_else(missing)? {
+                Kind::Promise(ballot) => Write::Promise(ballot.into()),
+                Kind::Accept(value) => {
+                    Write::Accept {
+                        slot: value.slot,
+                        ballot: value
+                            .ballot
+                            .ok_or_else(|| corrupted(KEY, "an accepted value without a ballot"))?
+                            .into(),
+                        batch: converted(
+                            KEY,
+                            Batch::try_from(value.batch.ok_or_else(|| {
+                                corrupted(KEY, "an accepted value without a batch")
+                            })?),
+                        )?,
+                    }
+                }
+                Kind::AppendBlock(block) => {
+                    Write::AppendBlock(converted(KEY, Block::try_from(block))?)
+                }
+                Kind::AddPending(transfer) => {
+                    Write::AddPending(converted(KEY, Transfer::try_from(transfer))?)
+                }
+                Kind::RemovePending(id) => Write::RemovePending(converted(
+                    KEY,
+                    TransferId::new(id).map_err(ConvertError::from),
+                )?),
+                Kind::Snapshot(snapshot) => Write::Snapshot(LedgerSnapshot {
+                    height: snapshot.height,
+                    head_hash: converted(
+                        KEY,
+                        benmo::convert::hash(&snapshot.head_hash, "snapshot.head_hash"),
+                    )?,
+                    balances: snapshot.balances,
+                    transfers: snapshot.transfers,
+                }),
+            })
+        })
+        .collect()
+}
+
+/// Starts the thread that makes sled durable when asked (a checkpoint) and then deletes the log
+/// segments sled now covers. It ends when the store is dropped.
+fn start_checkpoints(
+    db: sled::Db,
+    tree: sled::Tree,
+    data_file: File,
+    wal_folder: PathBuf,
+) -> Result<std::sync::mpsc::Sender<()>, StorageError> {
+    let (sender, requests) = std::sync::mpsc::channel::<()>();
+    let folder = wal_folder.clone();
+    let io = move |source| StorageError::Io {
+        path: folder,
+        source,
+    };
+    std::thread::Builder::new()
+        .name("benmo-checkpoint".to_string())
+        .spawn(move || {
+            while requests.recv().is_ok() {
+                // Every record up to `applied` is in sled before the flush begins, so durable
+                // after it.
+                let applied = match tree.get([WAL_POSITION]) {
+                    Ok(Some(bytes)) => Position::from_bytes(&bytes),
+                    _ => None,
+                };
+                let synced = db.flush().is_ok() && data_file.sync_data().is_ok();
+                if let (true, Some(applied)) = (synced, applied) {
+                    if let Err(error) = Wal::forget_before(&wal_folder, applied) {
+                        tracing::warn!(%error, "cannot delete old write-ahead log segments");
+                    }
+                } else {
+                    tracing::warn!("a checkpoint of sled failed; the log keeps its segments");
+                }
+            }
+        })
+        .map_err(io)?;
+    Ok(sender)
+}
+
 fn encode_accepted(ballot: Ballot, batch: &Batch) -> Vec<u8> {
     proto::AcceptedValue {
         slot: 0,
@@ -287,6 +448,7 @@ impl SledStorage {
         }
         if storage.height.is_none() {
             storage.write(&[Write::AppendBlock(identity.genesis())])?;
+            storage.checkpoint()?;
             // The directory entries of sled's files must be durable too.
             File::open(path)
                 .and_then(|directory| directory.sync_all())
@@ -316,18 +478,81 @@ impl SledStorage {
             path: data_path.clone(),
             source,
         })?;
+        let applied = match tree.get([WAL_POSITION])? {
+            None => Position::default(),
+            Some(bytes) => Position::from_bytes(&bytes)
+                .ok_or_else(|| corrupted(&[WAL_POSITION], "a log position is 16 bytes"))?,
+        };
+        let wal_folder = path.join(WAL_FOLDER);
+        let (wal, replay) = Wal::open(&wal_folder, applied)?;
+        let checkpoints = start_checkpoints(db.clone(), tree.clone(), data_file, wal_folder)?;
         let mut storage = SledStorage {
             path: path.to_path_buf(),
             db,
             tree,
-            data_file,
+            checkpointed: wal.position(),
+            wal,
+            checkpoints,
+            backlog: RefCell::new(Backlog::default()),
+            waiting_blocks: Arc::new(Mutex::new(BTreeMap::new())),
             height: None,
             promised: Ballot::ZERO,
         };
         storage.check_identity(identity)?;
         storage.height = storage.read_height()?;
         storage.promised = storage.read_promised()?;
+        if applied == Position::default()
+            && replay.first().is_some_and(|record| record.end.segment > 1)
+        {
+            // sled holds nothing of the log, yet the log's first segments were deleted because
+            // sled held them: sled's data is gone.
+            return Err(StorageError::Lost {
+                path: path.to_path_buf(),
+            });
+        }
+        let replayed = !replay.is_empty();
+        for record in replay {
+            let writes = decode_record(&record.payload)?;
+            // Stores written by another version may hold some of these already.
+            let writes = storage.not_yet_applied(writes);
+            storage.track(&writes);
+            storage.apply(&writes, record.end)?;
+        }
+        if replayed {
+            storage.checkpoint()?;
+        }
         Ok(storage)
+    }
+
+    /// Drops writes the store already holds (a block at or below its height, a lower promise),
+    /// so that applying a log record twice changes nothing.
+    fn not_yet_applied(&self, writes: Vec<Write>) -> Vec<Write> {
+        let next = self.height.map_or(0, |height| height + 1);
+        writes
+            .into_iter()
+            .filter(|write| match write {
+                Write::AppendBlock(block) => block.height >= next,
+                Write::Promise(ballot) => *ballot >= self.promised,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// Makes everything applied so far durable in sled, and deletes the log segments it covers.
+    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
+        self.apply_backlog()?;
+        let position = self.wal.position();
+        self.db.flush()?;
+        let data_path = self.path.join("db");
+        File::open(&data_path)
+            .and_then(|file| file.sync_data())
+            .map_err(|source| StorageError::Io {
+                path: data_path,
+                source,
+            })?;
+        Wal::forget_before(&self.path.join(WAL_FOLDER), position)?;
+        self.checkpointed = position;
+        Ok(())
     }
 
     fn check_identity(&self, identity: &Identity) -> Result<(), StorageError> {
@@ -415,15 +640,108 @@ impl SledStorage {
         }
     }
 
-    /// Makes everything applied so far durable: sled's flush, then `fdatasync` of its data file.
-    fn sync(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
-        self.data_file
-            .sync_data()
-            .map_err(|source| StorageError::Io {
-                path: self.path.join("db"),
-                source,
-            })
+    /// Applies a batch that is already durable in the log at `position` to sled.
+    fn apply(&self, writes: &[Write], position: Position) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        // Slots accepted earlier in this batch: a scan of the tree cannot see them yet.
+        let mut accepted_here = std::collections::BTreeSet::new();
+        for write in writes {
+            match write {
+                Write::Promise(ballot) => {
+                    batch.insert(vec![PROMISED], encode_ballot(*ballot).to_vec());
+                }
+                Write::Accept {
+                    slot,
+                    ballot,
+                    batch: value,
+                } => {
+                    batch.insert(
+                        key(ACCEPTED, &slot.to_be_bytes()),
+                        encode_accepted(*ballot, value),
+                    );
+                    accepted_here.insert(*slot);
+                }
+                Write::AppendBlock(block) => {
+                    // Accepted values at or below the block are settled: those already stored,
+                    // and those written earlier in this very batch.
+                    for stale in self
+                        .tree
+                        .range(key(ACCEPTED, &[])..=key(ACCEPTED, &block.height.to_be_bytes()))
+                        .keys()
+                    {
+                        batch.remove(stale?);
+                    }
+                    let later = accepted_here.split_off(&(block.height + 1));
+                    for slot in std::mem::replace(&mut accepted_here, later) {
+                        batch.remove(key(ACCEPTED, &slot.to_be_bytes()));
+                    }
+                    batch.insert(
+                        key(CHAIN, &block.height.to_be_bytes()),
+                        proto::Block::from(block).encode_to_vec(),
+                    );
+                    for (index, entry) in block.entries.iter().enumerate() {
+                        if !matches!(entry.outcome, benmo_paxos::Outcome::Duplicate { .. }) {
+                            let mut place = block.height.to_be_bytes().to_vec();
+                            place.extend_from_slice(&(index as u32).to_be_bytes());
+                            batch.insert(key(INDEX, entry.transfer.id.as_str().as_bytes()), place);
+                        }
+                    }
+                }
+                Write::Snapshot(snapshot) => {
+                    batch.insert(vec![SNAPSHOT], encode_snapshot(snapshot));
+                }
+                Write::AddPending(transfer) => {
+                    batch.insert(
+                        key(PENDING, transfer.id.as_str().as_bytes()),
+                        proto::Transfer::from(transfer).encode_to_vec(),
+                    );
+                }
+                Write::RemovePending(id) => {
+                    batch.remove(key(PENDING, id.as_str().as_bytes()));
+                }
+            }
+        }
+        batch.insert(vec![WAL_POSITION], position.to_bytes().to_vec());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Follows the promise and the chain's height through `writes`, which are durable.
+    fn track(&mut self, writes: &[Write]) {
+        for write in writes {
+            match write {
+                Write::Promise(ballot) => self.promised = self.promised.max(*ballot),
+                Write::AppendBlock(block) => self.height = Some(block.height),
+                _ => {}
+            }
+        }
+    }
+
+    /// How long until the backlog must be applied to sled (`None` if nothing waits).
+    pub fn backlog_due_in(&self) -> Option<Duration> {
+        let since = self.backlog.borrow().since?;
+        Some(SLED_APPLY_DELAY.saturating_sub(since.elapsed()))
+    }
+
+    /// Applies every write waiting in the backlog to sled as one batch; returns the highest
+    /// block it applied, if any. Reads of this store apply the backlog first, so they see every
+    /// write; the chain's readers ([`ChainReader`], the archive) see it once applied.
+    pub fn apply_backlog(&self) -> Result<Option<Height>, StorageError> {
+        let backlog = std::mem::take(&mut *self.backlog.borrow_mut());
+        if backlog.writes.is_empty() {
+            return Ok(None);
+        }
+        self.apply(&backlog.writes, backlog.end)?;
+        let applied = backlog.writes.iter().rev().find_map(|write| match write {
+            Write::AppendBlock(block) => Some(block.height),
+            _ => None,
+        });
+        if let Some(height) = applied {
+            // In sled now: readers find them there.
+            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
+            *waiting = waiting.split_off(&(height + 1));
+        }
+        Ok(applied)
     }
 
     /// Checks a batch against the stored state before anything is written.
@@ -463,6 +781,7 @@ impl SledStorage {
 
     /// The block at `height`, if stored.
     pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
+        self.apply_backlog()?;
         let key = key(CHAIN, &height.to_be_bytes());
         match self.tree.get(&key)? {
             None => Ok(None),
@@ -475,6 +794,7 @@ impl SledStorage {
 
     /// Where the transfer `id` was first ordered, from the dedup index.
     pub fn first_height(&self, id: &TransferId) -> Result<Option<Height>, StorageError> {
+        self.apply_backlog()?;
         let archive = SledArchive {
             tree: self.tree.clone(),
         };
@@ -485,11 +805,13 @@ impl SledStorage {
     pub fn reader(&self) -> ChainReader {
         ChainReader {
             tree: self.tree.clone(),
+            waiting: self.waiting_blocks.clone(),
         }
     }
 
     /// The number of ids in the dedup index.
     pub fn indexed_transfers(&self) -> usize {
+        let _ = self.apply_backlog();
         self.tree.scan_prefix([INDEX]).count()
     }
 }
@@ -502,77 +824,40 @@ impl Storage for SledStorage {
             return Ok(());
         }
         self.check(writes)?;
-        let mut batch = sled::Batch::default();
-        let mut promised = self.promised;
-        let mut height = self.height;
-        // Slots accepted earlier in this batch: a scan of the tree cannot see them yet.
-        let mut accepted_here = std::collections::BTreeSet::new();
-        for write in writes {
-            match write {
-                Write::Promise(ballot) => {
-                    batch.insert(vec![PROMISED], encode_ballot(*ballot).to_vec());
-                    promised = *ballot;
-                }
-                Write::Accept {
-                    slot,
-                    ballot,
-                    batch: value,
-                } => {
-                    batch.insert(
-                        key(ACCEPTED, &slot.to_be_bytes()),
-                        encode_accepted(*ballot, value),
-                    );
-                    accepted_here.insert(*slot);
-                }
-                Write::AppendBlock(block) => {
-                    // Accepted values at or below the block are settled: those already stored,
-                    // and those written earlier in this very batch.
-                    for stale in self
-                        .tree
-                        .range(key(ACCEPTED, &[])..=key(ACCEPTED, &block.height.to_be_bytes()))
-                        .keys()
-                    {
-                        batch.remove(stale?);
-                    }
-                    let later = accepted_here.split_off(&(block.height + 1));
-                    for slot in std::mem::replace(&mut accepted_here, later) {
-                        batch.remove(key(ACCEPTED, &slot.to_be_bytes()));
-                    }
-                    batch.insert(
-                        key(CHAIN, &block.height.to_be_bytes()),
-                        proto::Block::from(block).encode_to_vec(),
-                    );
-                    for (index, entry) in block.entries.iter().enumerate() {
-                        if !matches!(entry.outcome, benmo_paxos::Outcome::Duplicate { .. }) {
-                            let mut place = block.height.to_be_bytes().to_vec();
-                            place.extend_from_slice(&(index as u32).to_be_bytes());
-                            batch.insert(key(INDEX, entry.transfer.id.as_str().as_bytes()), place);
-                        }
-                    }
-                    height = Some(block.height);
-                }
-                Write::Snapshot(snapshot) => {
-                    batch.insert(vec![SNAPSHOT], encode_snapshot(snapshot));
-                }
-                Write::AddPending(transfer) => {
-                    batch.insert(
-                        key(PENDING, transfer.id.as_str().as_bytes()),
-                        proto::Transfer::from(transfer).encode_to_vec(),
-                    );
-                }
-                Write::RemovePending(id) => {
-                    batch.remove(key(PENDING, id.as_str().as_bytes()));
-                }
+        let position = self.wal.append(&encode_record(writes))?;
+        self.track(writes);
+        let blocks: Vec<&Block> = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::AppendBlock(block) => Some(block),
+                _ => None,
+            })
+            .collect();
+        if !blocks.is_empty() {
+            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
+            for block in blocks {
+                waiting.insert(block.height, block.clone());
             }
         }
-        self.tree.apply_batch(batch)?;
-        self.sync()?;
-        self.promised = promised;
-        self.height = height;
+        {
+            let mut backlog = self.backlog.borrow_mut();
+            backlog.writes.extend_from_slice(writes);
+            backlog.end = position;
+            backlog.since.get_or_insert_with(Instant::now);
+        }
+        if self.backlog.borrow().writes.len() >= SLED_BACKLOG_WRITES_MAX {
+            self.apply_backlog()?;
+        }
+        if position.segment > self.checkpointed.segment {
+            // A segment is full: sled catches up in the background, then the log shrinks.
+            self.checkpointed = position;
+            let _ = self.checkpoints.send(());
+        }
         Ok(())
     }
 
     fn acceptor_state(&self) -> Result<AcceptorState, StorageError> {
+        self.apply_backlog()?;
         let mut accepted = BTreeMap::new();
         for item in self.tree.scan_prefix([ACCEPTED]) {
             let (key, bytes) = item?;
@@ -609,10 +894,12 @@ impl Storage for SledStorage {
     }
 
     fn blocks(&self, from: Height, limit: usize) -> Result<Vec<Block>, StorageError> {
+        self.apply_backlog()?;
         read_blocks(&self.tree, from, limit)
     }
 
     fn snapshot(&self) -> Result<Option<LedgerSnapshot>, StorageError> {
+        self.apply_backlog()?;
         let key = [SNAPSHOT];
         match self.tree.get(key)? {
             None => Ok(None),
@@ -694,17 +981,30 @@ fn read_blocks(tree: &sled::Tree, from: Height, limit: usize) -> Result<Vec<Bloc
 }
 
 /// A read-only handle on the chain, for serving peers' catch-up and clients' chain reads while the
-/// core loop writes. It sees blocks as soon as they are applied; every stored block is decided, so
-/// serving one before its local fsync is safe.
+/// writer writes. It sees every block as soon as its write is durable: from sled, and from the
+/// blocks still waiting in the backlog. (Every stored block is decided, so serving one is safe.)
 #[derive(Clone)]
 pub struct ChainReader {
     tree: sled::Tree,
+    waiting: Arc<Mutex<BTreeMap<Height, Block>>>,
 }
 
 impl ChainReader {
     /// Up to `limit` consecutive blocks from `from`.
     pub fn blocks(&self, from: Height, limit: usize) -> Result<Vec<Block>, StorageError> {
-        read_blocks(&self.tree, from, limit)
+        // Locked first: blocks leave `waiting` only once in sled, so sled then `waiting` together
+        // hold every durable block.
+        let waiting = self.waiting.lock().expect("not poisoned");
+        let mut blocks = read_blocks(&self.tree, from, limit)?;
+        let mut next = from + blocks.len() as Height;
+        while blocks.len() < limit {
+            let Some(block) = waiting.get(&next) else {
+                break;
+            };
+            blocks.push(block.clone());
+            next += 1;
+        }
+        Ok(blocks)
     }
 }
 
@@ -722,8 +1022,8 @@ mod tests {
         directories: Vec<tempfile::TempDir>,
     }
 
-    /// Opens a store the test just dropped. sled's background threads can hold the file lock
-    /// for a moment after the last handle is gone (a real restart is a new process, where the
+    /// Opens a store the test just dropped. sled's background threads (and the checkpoint
+    /// thread) can hold the file lock for a moment after the last handle is gone (a real restart is a new process, where the
     /// lock is gone with the old one), so this waits for the lock, and only for the lock: any
     /// other error comes back at once.
     fn reopen(
@@ -784,7 +1084,7 @@ mod tests {
             node: 2,
             ..IDENTITY
         };
-        let error = SledStorage::open(&path, &other_node).err().unwrap();
+        let error = reopen(&path, &other_node, SledStorage::open).err().unwrap();
         assert!(
             error
                 .to_string()
@@ -869,5 +1169,62 @@ mod tests {
             .unwrap();
         assert_eq!(store.first_height(&transfer.id).unwrap(), Some(1));
         assert_eq!(store.indexed_transfers(), 1);
+    }
+
+    fn copy_folder(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap().flatten() {
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_folder(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn writes_survive_a_crash_before_sled_is_flushed() {
+        // A copy of the folder taken while the store is open is what a crash leaves: the log is
+        // synced after every write, sled only at checkpoints. Everything written must be there.
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let mut store = SledStorage::open_node(&path, &IDENTITY).unwrap();
+        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        for round in 1..=40u64 {
+            let transfer = Transfer {
+                id: TransferId::new(format!("t{round}")).unwrap(),
+                from: 1,
+                to: 2,
+                amount: 1,
+            };
+            let ballot = Ballot::new(round, 1);
+            let block = ledger.apply(1, std::slice::from_ref(&transfer));
+            store
+                .write(&[
+                    Write::Promise(ballot),
+                    Write::Accept {
+                        slot: round + 1,
+                        ballot,
+                        batch: Batch::default(),
+                    },
+                    Write::AddPending(transfer),
+                    Write::AppendBlock(block),
+                    Write::Snapshot(ledger.snapshot()),
+                ])
+                .unwrap();
+        }
+        let crashed = directory.path().join("crashed");
+        copy_folder(&path, &crashed);
+        drop(store);
+        let store = SledStorage::open_node(&crashed, &IDENTITY).unwrap();
+        assert_eq!(store.height().unwrap(), Some(40));
+        let state = store.acceptor_state().unwrap();
+        assert_eq!(state.promised, Ballot::new(40, 1));
+        assert_eq!(state.accepted.keys().copied().collect::<Vec<_>>(), vec![41]);
+        assert_eq!(state.pending.len(), 40);
+        let restored = benmo_paxos::restore(&store, 5, 100).unwrap();
+        assert_eq!(restored.ledger.head_hash(), ledger.head_hash());
+        assert_eq!(restored.ledger.balances(), ledger.balances());
     }
 }

@@ -424,10 +424,12 @@ async fn a_data_directory_of_another_node_or_a_corrupted_one_is_refused() {
         message.contains("belongs to node 2 of a 3-node cluster"),
         "{message}"
     );
-    // Overwrite sled's data file with garbage: the node must refuse, not start empty.
+    // Overwrite sled's data file with garbage, and delete the write-ahead log that could rebuild
+    // it: the node must refuse, not start empty.
     let data_file = cluster.data_dir(1).join("db");
     let length = std::fs::metadata(&data_file).unwrap().len() as usize;
     std::fs::write(&data_file, vec![0x5a; length]).unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(1).join("wal")).unwrap();
     let message = refused_start(&cluster, 1, &cluster.data_dir(1)).await;
     assert!(message.contains("refusing to start"), "{message}");
 }

@@ -1029,7 +1029,17 @@ impl World {
             detail: format!("node {id} wrote a batch its disk refuses: {error}"),
         })?;
         self.chosen.observe_durable(id, &writes)?;
-        self.with_host(id, |host, environment| host.write_done(environment))
+        // The memory disk's archive sees a block as soon as it is written.
+        let archived = writes.iter().rev().find_map(|write| match write {
+            Write::AppendBlock(block) => Some(block.height),
+            _ => None,
+        });
+        self.with_host(id, |host, environment| {
+            host.write_done(environment);
+            if let Some(height) = archived {
+                host.archived(height);
+            }
+        })
     }
 
     pub(crate) fn send(&mut self, from: NodeId, to: NodeId, packet: Packet) {
