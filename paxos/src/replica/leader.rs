@@ -222,11 +222,11 @@ impl Replica {
         }
     }
 
-    /// Queues a transfer for proposal unless it is already decided, queued or in flight.
+    /// Queues a transfer for proposal unless it is already queued or in flight. (One already
+    /// decided would only be recorded as a duplicate; the node that took it from its client
+    /// answered from the chain before forwarding, so that is rare and not worth a lookup per
+    /// transfer here.)
     pub(super) fn enqueue(&mut self, transfer: Transfer) {
-        if self.ledger.lookup(&transfer.id).is_some() {
-            return;
-        }
         let queue_max = self.config.queue_transfers_max;
         let Role::Leader(leader) = &mut self.role else {
             return;
