@@ -641,64 +641,89 @@ impl SledStorage {
     }
 
     /// Applies a batch that is already durable in the log at `position` to sled.
+    ///
+    /// The writes are netted first, so sled does only what is left at the end: a transfer that
+    /// entered and left the pending log within the batch never reaches sled, a value accepted and
+    /// then settled by a block is never inserted, and only the last snapshot is kept.
     fn apply(&self, writes: &[Write], position: Position) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        // Slots accepted earlier in this batch: a scan of the tree cannot see them yet.
-        let mut accepted_here = std::collections::BTreeSet::new();
+        // Key to its final value; `None` removes the key.
+        let mut net: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        // Pending-log keys added within the batch: a transfer enters the pending log once.
+        let mut pending_added = std::collections::HashSet::new();
+        let mut settled_through = None;
         for write in writes {
             match write {
                 Write::Promise(ballot) => {
-                    batch.insert(vec![PROMISED], encode_ballot(*ballot).to_vec());
+                    net.insert(vec![PROMISED], Some(encode_ballot(*ballot).to_vec()));
                 }
                 Write::Accept {
                     slot,
                     ballot,
                     batch: value,
                 } => {
-                    batch.insert(
+                    net.insert(
                         key(ACCEPTED, &slot.to_be_bytes()),
-                        encode_accepted(*ballot, value),
+                        Some(encode_accepted(*ballot, value)),
                     );
-                    accepted_here.insert(*slot);
                 }
                 Write::AppendBlock(block) => {
-                    // Accepted values at or below the block are settled: those already stored,
-                    // and those written earlier in this very batch.
-                    for stale in self
-                        .tree
-                        .range(key(ACCEPTED, &[])..=key(ACCEPTED, &block.height.to_be_bytes()))
-                        .keys()
-                    {
-                        batch.remove(stale?);
+                    // Accepted values at or below the block are settled: those written earlier
+                    // in this batch now, those already in sled below.
+                    let settled = key(ACCEPTED, &[])..=key(ACCEPTED, &block.height.to_be_bytes());
+                    for (_, value) in net.range_mut(settled) {
+                        *value = None;
                     }
-                    let later = accepted_here.split_off(&(block.height + 1));
-                    for slot in std::mem::replace(&mut accepted_here, later) {
-                        batch.remove(key(ACCEPTED, &slot.to_be_bytes()));
-                    }
-                    batch.insert(
+                    settled_through = Some(block.height);
+                    net.insert(
                         key(CHAIN, &block.height.to_be_bytes()),
-                        proto::Block::from(block).encode_to_vec(),
+                        Some(proto::Block::from(block).encode_to_vec()),
                     );
                     for (index, entry) in block.entries.iter().enumerate() {
                         if !matches!(entry.outcome, benmo_paxos::Outcome::Duplicate { .. }) {
                             let mut place = block.height.to_be_bytes().to_vec();
                             place.extend_from_slice(&(index as u32).to_be_bytes());
-                            batch.insert(key(INDEX, entry.transfer.id.as_str().as_bytes()), place);
+                            net.insert(
+                                key(INDEX, entry.transfer.id.as_str().as_bytes()),
+                                Some(place),
+                            );
                         }
                     }
                 }
                 Write::Snapshot(snapshot) => {
-                    batch.insert(vec![SNAPSHOT], encode_snapshot(snapshot));
+                    net.insert(vec![SNAPSHOT], Some(encode_snapshot(snapshot)));
                 }
                 Write::AddPending(transfer) => {
-                    batch.insert(
-                        key(PENDING, transfer.id.as_str().as_bytes()),
-                        proto::Transfer::from(transfer).encode_to_vec(),
+                    let pending = key(PENDING, transfer.id.as_str().as_bytes());
+                    pending_added.insert(pending.clone());
+                    net.insert(
+                        pending,
+                        Some(proto::Transfer::from(transfer).encode_to_vec()),
                     );
                 }
                 Write::RemovePending(id) => {
-                    batch.remove(key(PENDING, id.as_str().as_bytes()));
+                    let pending = key(PENDING, id.as_str().as_bytes());
+                    if pending_added.remove(&pending) {
+                        net.remove(&pending);
+                    } else {
+                        net.insert(pending, None);
+                    }
                 }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        if let Some(height) = settled_through {
+            for stale in self
+                .tree
+                .range(key(ACCEPTED, &[])..=key(ACCEPTED, &height.to_be_bytes()))
+                .keys()
+            {
+                batch.remove(stale?);
+            }
+        }
+        for (key, value) in net {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
             }
         }
         batch.insert(vec![WAL_POSITION], position.to_bytes().to_vec());
