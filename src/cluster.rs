@@ -39,6 +39,14 @@ pub enum ClusterError {
         /// The offending address.
         address: String,
     },
+    /// An address without a port (or with one that is not a number up to 65535).
+    #[error("address {address:?} of node {id} needs a port: write it as http://host:port")]
+    Port {
+        /// The node.
+        id: NodeId,
+        /// The offending address.
+        address: String,
+    },
     /// The same id twice.
     #[error("node {id} is listed twice")]
     Duplicate {
@@ -82,6 +90,36 @@ impl Cluster {
     }
 }
 
+/// Peers talk on their own port: the client port plus this (etcd keeps peer and client URLs
+/// apart the same way).
+pub const PEER_PORT_OFFSET: u16 = 1_000;
+
+/// Splits `scheme://host:port[/]` into its host and port.
+fn split_address(address: &str) -> Option<(&str, u16)> {
+    let rest = address.split_once("://")?.1.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':')?;
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+impl Cluster {
+    /// The port node `id` serves clients on.
+    pub fn port(&self, id: NodeId) -> Option<u16> {
+        Some(split_address(self.address(id)?)?.1)
+    }
+
+    /// Where node `id` takes its peers' traffic: its host, on its client port plus
+    /// [`PEER_PORT_OFFSET`], over TLS if `secure`. `None` if that port does not exist.
+    pub fn peer_address(&self, id: NodeId, secure: bool) -> Option<String> {
+        let (host, port) = split_address(self.address(id)?)?;
+        let port = port.checked_add(PEER_PORT_OFFSET)?;
+        let scheme = if secure { "https" } else { "http" };
+        Some(format!("{scheme}://{host}:{port}"))
+    }
+}
+
 impl FromStr for Cluster {
     type Err = ClusterError;
 
@@ -102,10 +140,11 @@ impl FromStr for Cluster {
                 .filter(|id| (1..=NODES_MAX).contains(id))
                 .ok_or_else(|| ClusterError::Id { id: id.to_string() })?;
             let address = address.trim().to_string();
-            if !(address.starts_with("http://") || address.starts_with("https://"))
-                || address.len() <= "https://".len()
-            {
+            if !(address.starts_with("http://") || address.starts_with("https://")) {
                 return Err(ClusterError::Address { id, address });
+            }
+            if split_address(&address).is_none() {
+                return Err(ClusterError::Port { id, address });
             }
             if addresses.insert(id, address).is_some() {
                 return Err(ClusterError::Duplicate { id });
@@ -140,6 +179,11 @@ mod tests {
         assert_eq!(cluster.size(), 5);
         assert_eq!(cluster.address(3), Some("http://127.0.0.1:50053"));
         assert_eq!(cluster.to_string(), DEFAULT_CLUSTER);
+        assert_eq!(
+            cluster.peer_address(2, true).as_deref(),
+            Some("https://127.0.0.1:51052")
+        );
+        assert_eq!(cluster.port(5), Some(50055));
     }
 
     #[test]
@@ -160,6 +204,9 @@ mod tests {
             "1=a:1".parse::<Cluster>(),
             Err(ClusterError::Address { .. })
         ));
+        let no_port = "1=http://a".parse::<Cluster>().unwrap_err();
+        assert!(matches!(no_port, ClusterError::Port { id: 1, .. }));
+        assert!(no_port.to_string().contains("needs a port"), "{no_port}");
         assert_eq!(
             "1=http://a:1,1=http://b:1".parse::<Cluster>(),
             Err(ClusterError::Duplicate { id: 1 })

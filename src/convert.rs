@@ -6,7 +6,8 @@ use benmo_paxos::message::{
     Promise,
 };
 use benmo_paxos::{
-    Ballot, Batch, Block, Entry, Hash, Message, NodeId, Outcome, Rejection, Transfer, TransferId,
+    Ballot, Batch, Block, Entry, Hash, Message, NodeId, Outcome, Rejection, Signature, Transfer,
+    TransferId,
 };
 
 use crate::proto;
@@ -20,6 +21,12 @@ pub enum ConvertError {
     /// A transfer id breaks the id rules.
     #[error("{0}")]
     TransferId(#[from] benmo_paxos::ledger::TransferIdError),
+    /// A signature is neither empty nor 64 bytes.
+    #[error("a transfer's signature is 64 bytes (ed25519), got {length}")]
+    SignatureLength {
+        /// Its length.
+        length: usize,
+    },
     /// A field does not parse.
     #[error("field {0} is malformed")]
     Malformed(&'static str),
@@ -81,6 +88,10 @@ impl From<&Transfer> for proto::Transfer {
             from: transfer.from,
             to: transfer.to,
             amount: transfer.amount,
+            signature: transfer
+                .signature
+                .map(|signature| signature.0.to_vec())
+                .unwrap_or_default(),
         }
     }
 }
@@ -89,11 +100,20 @@ impl TryFrom<proto::Transfer> for Transfer {
     type Error = ConvertError;
 
     fn try_from(transfer: proto::Transfer) -> Result<Transfer, ConvertError> {
+        let signature = match transfer.signature.len() {
+            0 => None,
+            _ => Some(Signature(transfer.signature[..].try_into().map_err(
+                |_| ConvertError::SignatureLength {
+                    length: transfer.signature.len(),
+                },
+            )?)),
+        };
         Ok(Transfer {
             id: TransferId::new(transfer.id)?,
             from: transfer.from,
             to: transfer.to,
             amount: transfer.amount,
+            signature,
         })
     }
 }
@@ -446,6 +466,7 @@ mod tests {
             from: 1,
             to: 2,
             amount: 3,
+            signature: None,
         }
     }
 
@@ -478,6 +499,7 @@ mod tests {
             from: 1,
             to: 2,
             amount: 1,
+            signature: Vec::new(),
         };
         assert!(matches!(
             Transfer::try_from(bad_id),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
 
 /// A lazily connected channel to `address` (`http://host:port`), whose calls time out after
 /// `call_timeout` unless that is `None` (long-lived streams).
@@ -21,6 +21,16 @@ pub fn channel(
     connect_timeout: Duration,
     call_timeout: Option<Duration>,
 ) -> Result<Channel, tonic::transport::Error> {
+    channel_with_tls(address, connect_timeout, call_timeout, None)
+}
+
+/// Like [`channel`], over TLS when `tls` is given (the address must then be `https://`).
+pub fn channel_with_tls(
+    address: &str,
+    connect_timeout: Duration,
+    call_timeout: Option<Duration>,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut endpoint = Endpoint::from_shared(address.to_string())?
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -28,6 +38,9 @@ pub fn channel(
         .keep_alive_while_idle(true);
     if let Some(timeout) = call_timeout {
         endpoint = endpoint.timeout(timeout);
+    }
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
     }
     Ok(endpoint.connect_with_connector_lazy(tower::service_fn(dial)))
 }

@@ -5,10 +5,14 @@
 //! - [`convert`]: protobuf to core and back; malformed messages are refused here, at the edge.
 //! - [`cluster`]: the `--cluster 1=http://host:port,...` list that nodes and benmoctl share.
 //! - [`dial`]: outgoing gRPC connections (nodes to peers, benmoctl to nodes).
+//! - [`secrets`]: the cluster's CA, node certificates, operator token and account keys.
+//! - [`signing`]: signing transfers with an account's key, and checking the signatures.
 
 pub mod cluster;
 pub mod convert;
 pub mod dial;
+pub mod secrets;
+pub mod signing;
 
 /// The generated gRPC code of package `benmo.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

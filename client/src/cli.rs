@@ -26,6 +26,12 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub verbose: bool,
 
+    /// The cluster's secrets: account keys to sign transfers with, the operator token for
+    /// faults, the public keys `verify` checks signatures with (default: ./benmo-secrets, made by
+    /// `docker compose up` or `benmoctl local up`).
+    #[arg(long, env = "BENMO_SECRETS", global = true)]
+    pub secrets: Option<PathBuf>,
+
     /// How results are printed.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
@@ -61,8 +67,13 @@ pub enum Command {
     Chain(ChainArgs),
     /// Pending transfers: taken by a node, not yet in a block.
     Log,
-    /// Fetch every reachable node's chain and check it: hash links, agreement, conservation.
-    Verify,
+    /// Fetch every node's chain and check it: hash links, agreement, conservation, signatures.
+    Verify {
+        /// Check the nodes that answer and pass even if some are down (by default a node that
+        /// cannot be checked fails the check).
+        #[arg(long)]
+        allow_down: bool,
+    },
     /// Kill a node at once, as kill -9 would.
     Crash {
         /// The node.
@@ -91,6 +102,25 @@ pub enum Command {
     /// Run a cluster of local processes on 127.0.0.1 (no Docker needed).
     #[command(subcommand)]
     Local(LocalCommand),
+    /// The cluster's secrets: CA, node certificates, operator token, account keys.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+/// `secrets`' subcommands.
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Make the secrets of a new cluster (in --secrets, default ./benmo-secrets), unless they are
+    /// there already. Private keys are readable by their owner only.
+    Init {
+        /// The cluster's size (default: as many nodes as --cluster lists).
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// Give the files to the owner of this folder (for a container that runs as root but
+        /// writes into a folder of the host's user).
+        #[arg(long)]
+        owner_of: Option<PathBuf>,
+    },
 }
 
 /// `transfer`'s flags.

@@ -6,6 +6,9 @@ use benmo::cluster::Cluster;
 use benmo::proto::fault_service_client::FaultServiceClient;
 use benmo::proto::ledger_service_client::LedgerServiceClient;
 use benmo_paxos::NodeId;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -17,7 +20,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 pub struct Nodes {
     cluster: Cluster,
     rpc_timeout: Duration,
+    operator: OperatorToken,
 }
+
+/// Puts the operator token, if benmoctl has one, on every fault call.
+#[derive(Clone, Default)]
+pub struct OperatorToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for OperatorToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A fault client that carries the operator token.
+pub type FaultClient = FaultServiceClient<InterceptedService<Channel, OperatorToken>>;
 
 /// A node that could not be asked, or refused the request.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -57,7 +79,14 @@ impl Nodes {
         Nodes {
             cluster,
             rpc_timeout,
+            operator: OperatorToken::default(),
         }
+    }
+
+    /// Sends `token` with every fault call (`authorization: Bearer <token>`).
+    pub fn with_operator_token(mut self, token: &str) -> Nodes {
+        self.operator = OperatorToken(format!("Bearer {token}").parse().ok());
+        self
     }
 
     /// The cluster list.
@@ -100,10 +129,11 @@ impl Nodes {
         self.ledger_with_timeout(node, self.rpc_timeout)
     }
 
-    /// A fault client for `node`.
-    pub fn faults(&self, node: NodeId) -> Result<FaultServiceClient<Channel>, CallError> {
-        Ok(FaultServiceClient::new(
+    /// A fault client for `node`, with the operator token if benmoctl has one.
+    pub fn faults(&self, node: NodeId) -> Result<FaultClient, CallError> {
+        Ok(FaultServiceClient::with_interceptor(
             self.channel(node, self.rpc_timeout)?,
+            self.operator.clone(),
         ))
     }
 

@@ -493,6 +493,7 @@ mod tests {
             from,
             to,
             amount,
+            signature: None,
         }
     }
 

@@ -22,9 +22,22 @@ pub struct Options {
     #[arg(long, env = "BENMO_CLUSTER", default_value = DEFAULT_CLUSTER)]
     pub cluster: Cluster,
 
-    /// Address to serve gRPC on (default: all interfaces, on the port this node has in --cluster).
+    /// Address to serve clients on (default: all interfaces, on the port this node has in
+    /// --cluster).
     #[arg(long, env = "BENMO_LISTEN")]
     pub listen: Option<SocketAddr>,
+
+    /// Address to serve peers on (default: the client address's host, on the client port + 1000;
+    /// peers are dialled the same way, from their --cluster address).
+    #[arg(long, env = "BENMO_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// The cluster's secrets (made by `benmoctl secrets init`, `benmoctl local up` or `docker
+    /// compose up`): with them, peers talk over mutual TLS, faults need the operator token, and
+    /// transfers must be signed by the account they debit. Without them the node runs open, and
+    /// says so.
+    #[arg(long, env = "BENMO_SECRETS")]
+    pub secrets: Option<PathBuf>,
 
     /// Where the node keeps its sled database (default: ./benmo-data/node-<id>).
     #[arg(long, env = "BENMO_DATA_DIR")]
@@ -85,8 +98,12 @@ pub struct Settings {
     pub core: Config,
     /// The cluster's members.
     pub cluster: Cluster,
-    /// Where to serve.
+    /// Where to serve clients.
     pub listen: SocketAddr,
+    /// Where to serve peers.
+    pub peer_listen: SocketAddr,
+    /// The cluster's secrets, if the node runs secure.
+    pub secrets: Option<PathBuf>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// One tick.
@@ -141,20 +158,33 @@ impl Options {
         let listen = match self.listen {
             Some(listen) => listen,
             None => {
-                let port = own_address
-                    .rsplit(':')
-                    .next()
-                    .and_then(|port| port.trim_end_matches('/').parse::<u16>().ok())
-                    .with_context(|| {
-                        format!("cannot find a port in {own_address:?}; pass --listen")
-                    })?;
+                let port = self.cluster.port(self.id).with_context(|| {
+                    format!("cannot find a port in {own_address:?}; pass --listen")
+                })?;
                 SocketAddr::from(([0, 0, 0, 0], port))
+            }
+        };
+        let peer_listen = match self.peer_listen {
+            Some(address) => address,
+            None => {
+                let port = listen
+                    .port()
+                    .checked_add(benmo::cluster::PEER_PORT_OFFSET)
+                    .with_context(|| {
+                        format!(
+                            "no peer port above client port {}; pass --peer-listen",
+                            listen.port()
+                        )
+                    })?;
+                SocketAddr::new(listen.ip(), port)
             }
         };
         Ok(Settings {
             core,
             cluster: self.cluster.clone(),
             listen,
+            peer_listen,
+            secrets: self.secrets.clone(),
             data_dir: self
                 .data_dir
                 .clone()

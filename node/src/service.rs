@@ -27,6 +27,8 @@ use crate::links::{Direction, Links};
 use crate::options::Settings;
 use crate::storage::{ChainReader, Identity, SledStorage};
 use crate::transport::{Transport, CATCH_UP_BLOCKS_MAX, PEER_MESSAGE_BYTES_MAX};
+use benmo::secrets::Secrets;
+use benmo::signing::SignatureError;
 
 /// The longest wait a client may ask a Transfer call for.
 const TRANSFER_TIMEOUT_MAX: Duration = Duration::from_secs(300);
@@ -51,7 +53,12 @@ struct Node {
     links: Arc<Links>,
     started: Instant,
     transfer_timeout: Duration,
+    /// The cluster's secrets: set when the node runs secure.
+    secrets: Option<Arc<Secrets>>,
 }
+
+/// The largest client request: a Transfer, a read or a fault (nothing a client sends is large).
+const CLIENT_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 
 fn invalid(error: ConvertError) -> Status {
     Status::invalid_argument(error.to_string())
@@ -68,8 +75,36 @@ async fn answer<T>(receiver: oneshot::Receiver<T>) -> Result<T, Status> {
 }
 
 impl Node {
-    /// Admits a peer call: a node of this cluster, not this node.
-    fn admit(&self, caller: convert::Caller) -> Result<NodeId, Status> {
+    /// Admits a peer call: a node of this cluster, not this node, and (when the node runs
+    /// secure) the node its TLS certificate names. This runs before anything of the call's body is
+    /// read.
+    fn admit<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+        let caller = convert::caller(request.metadata()).map_err(invalid)?;
+        if let Some(secrets) = &self.secrets {
+            let certified = request
+                .peer_certs()
+                .and_then(|certificates| {
+                    certificates
+                        .first()
+                        .and_then(|certificate| secrets.node_of_certificate(certificate))
+                })
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "peer calls need a node certificate of this cluster (mutual TLS)",
+                    )
+                })?;
+            if certified != caller.node {
+                return Err(Status::permission_denied(format!(
+                    "the certificate is node {certified}'s, but the call claims node {}",
+                    caller.node
+                )));
+            }
+        }
+        self.admit_caller(caller)
+    }
+
+    /// Admits the node a peer call names: of this cluster, not this node.
+    fn admit_caller(&self, caller: convert::Caller) -> Result<NodeId, Status> {
         if caller.node == 0 || caller.node > self.nodes || caller.node == self.id {
             return Err(Status::permission_denied(format!(
                 "node {} is not a peer of node {} (cluster of {})",
@@ -135,7 +170,7 @@ impl PeerService for Node {
         &self,
         request: Request<Streaming<proto::PeerFrame>>,
     ) -> Result<Response<proto::StreamClosed>, Status> {
-        let from = self.admit(convert::caller(request.metadata()).map_err(invalid)?)?;
+        let from = self.admit(&request)?;
         let mut frames = request.into_inner();
         loop {
             let frame = match frames.message().await {
@@ -177,7 +212,7 @@ impl PeerService for Node {
         &self,
         request: Request<proto::FetchBlocksRequest>,
     ) -> Result<Response<BlockStream>, Status> {
-        let from = self.admit(convert::caller(request.metadata()).map_err(invalid)?)?;
+        let from = self.admit(&request)?;
         if !self.links.sends_to(from) || !self.links.takes_from(from) {
             return Err(Status::unavailable(format!(
                 "the link between node {} and node {from} is severed",
@@ -214,6 +249,22 @@ impl LedgerService for Node {
             .transfer
             .ok_or_else(|| Status::invalid_argument("missing field transfer"))?;
         let transfer = Transfer::try_from(transfer).map_err(invalid)?;
+        if let Some(secrets) = &self.secrets {
+            // Checked before the transfer enters the pending log: a transfer this node takes is
+            // the debited account holder's. (A malformed one is refused by the core, with its
+            // reason, whatever its signature.)
+            let key = secrets.account_key(transfer.from);
+            if key.is_some() {
+                benmo::signing::verify(&transfer, key, &self.genesis_hash).map_err(|error| {
+                    match error {
+                        SignatureError::Missing { .. } => {
+                            Status::unauthenticated(error.to_string())
+                        }
+                        _ => Status::permission_denied(error.to_string()),
+                    }
+                })?;
+            }
+        }
         let timeout = match request.timeout_ms {
             0 => self.transfer_timeout,
             ms => Duration::from_millis(u64::from(ms)).min(TRANSFER_TIMEOUT_MAX),
@@ -302,6 +353,8 @@ impl LedgerService for Node {
             genesis_hash: status.genesis_hash.0.to_vec(),
             genesis_balance: status.genesis_balance,
             cpu_time_us: process_cpu_time_us(),
+            secure: self.secrets.is_some(),
+            signed_transfers: self.secrets.is_some(),
         }))
     }
 
@@ -387,6 +440,30 @@ fn describe(peer: Option<NodeId>, direction: Direction) -> String {
 }
 
 impl Node {
+    /// Admits a fault call: when the node runs secure, only with the operator token, as
+    /// `authorization: Bearer <token>`.
+    fn admit_operator<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(secrets) = &self.secrets else {
+            return Ok(());
+        };
+        let Some(value) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "faults need the operator token (authorization: Bearer <token>; benmoctl reads it from operator.token in the cluster's secrets)",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !secrets.is_operator(token) {
+            return Err(Status::permission_denied(
+                "the operator token is wrong: faults are for this cluster's operator only",
+            ));
+        }
+        Ok(())
+    }
+
     fn links_reply(&self) -> proto::LinksReply {
         proto::LinksReply {
             cut_outgoing: self.links.cut_outgoing(),
@@ -414,8 +491,9 @@ impl Node {
 impl FaultService for Node {
     async fn crash(
         &self,
-        _request: Request<proto::CrashRequest>,
+        request: Request<proto::CrashRequest>,
     ) -> Result<Response<proto::CrashReply>, Status> {
+        self.admit_operator(&request)?;
         warn!("crash requested: dying now, as kill -9 would");
         crash_now()
     }
@@ -424,6 +502,7 @@ impl FaultService for Node {
         &self,
         request: Request<proto::SeverRequest>,
     ) -> Result<Response<proto::LinksReply>, Status> {
+        self.admit_operator(&request)?;
         let request = request.into_inner();
         self.check_peer(request.peer)?;
         let direction = direction(request.direction)?;
@@ -439,6 +518,7 @@ impl FaultService for Node {
         &self,
         request: Request<proto::HealRequest>,
     ) -> Result<Response<proto::LinksReply>, Status> {
+        self.admit_operator(&request)?;
         let request = request.into_inner();
         let peer = match request.peer {
             0 => None,
@@ -525,9 +605,32 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let pending = restored.acceptor.pending.len();
     let replica = Replica::new(core_config.clone(), restored, rand::rng().next_u64())?;
 
+    let secrets = match &settings.secrets {
+        Some(dir) => {
+            let secrets = Secrets::load(dir).with_context(|| {
+                format!("cannot read the cluster's secrets in {}", dir.display())
+            })?;
+            if secrets.nodes() != core_config.nodes {
+                anyhow::bail!(
+                    "the secrets in {} are for a {}-node cluster, but --cluster lists {} nodes",
+                    dir.display(),
+                    secrets.nodes(),
+                    core_config.nodes
+                );
+            }
+            Some(Arc::new(secrets))
+        }
+        None => {
+            warn!("running open, without the cluster's secrets (--secrets): any caller can speak the peer protocol, inject faults and move any account's money");
+            None
+        }
+    };
     let listener = bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let peer_listener = bind(settings.peer_listen)
+        .await
+        .with_context(|| format!("cannot listen for peers on {}", settings.peer_listen))?;
 
     let links = Arc::new(Links::default());
     let (core, commands) = core_loop::channel();
@@ -535,6 +638,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         core_config.id,
         &settings.cluster,
         genesis_hash,
+        secrets.as_deref(),
         links.clone(),
         core.clone(),
     )?;
@@ -547,6 +651,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         links,
         started: Instant::now(),
         transfer_timeout: settings.transfer_timeout,
+        secrets: secrets.clone(),
     };
     let writer = WriterOptions {
         fsync_delay: settings.fsync_delay,
@@ -581,27 +686,48 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .context("cannot build the reflection service")?;
 
     info!(
-        "node {} of {} serving on {}; data in {}; chain height {height}, {pending} pending; genesis {}",
+        "node {} of {} serving clients on {} and peers on {} ({}); data in {}; chain height {height}, {pending} pending; genesis {}",
         core_config.id,
         core_config.nodes,
         settings.listen,
+        settings.peer_listen,
+        if secrets.is_some() { "mutual TLS" } else { "open" },
         settings.data_dir.display(),
         &genesis_hash.to_hex()[..12]
     );
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
+    let mut peers = tonic::transport::Server::builder();
+    if let Some(secrets) = &secrets {
+        let (certificate, key) = secrets.node_identity(core_config.id)?;
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(certificate, key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(secrets.ca_pem()));
+        peers = peers.tls_config(tls).context("bad TLS configuration")?;
+    }
+    let peers = peers
         .add_service(
             PeerServiceServer::new(node.clone())
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
-        .add_service(LedgerServiceServer::new(node.clone()))
-        .add_service(FaultServiceServer::new(node))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
+        );
+    let clients = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            LedgerServiceServer::new(node.clone())
+                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            FaultServiceServer::new(node).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+        )
         .serve_with_incoming(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        )
-        .await
-        .context("the gRPC server failed")?;
+        );
+    tokio::try_join!(
+        async { peers.await.context("the peer gRPC server failed") },
+        async { clients.await.context("the client gRPC server failed") },
+    )?;
     Ok(())
 }

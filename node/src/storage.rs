@@ -1186,6 +1186,7 @@ mod tests {
             from: 1,
             to: 2,
             amount: 1,
+            signature: None,
         };
         let first = ledger.apply(1, std::slice::from_ref(&transfer));
         let second = ledger.apply(1, std::slice::from_ref(&transfer));
@@ -1222,6 +1223,7 @@ mod tests {
                 from: 1,
                 to: 2,
                 amount: 1,
+                signature: None,
             };
             let ballot = Ballot::new(round, 1);
             let block = ledger.apply(1, std::slice::from_ref(&transfer));

@@ -11,14 +11,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use benmo::cluster::Cluster;
 use benmo::convert;
 use benmo::proto;
 use benmo::proto::peer_service_client::PeerServiceClient;
+use benmo::secrets::Secrets;
 use benmo_paxos::{Block, Hash, Height, Message, NodeId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tracing::debug;
 
 use crate::core_loop::{Command, CoreHandle};
@@ -55,13 +57,34 @@ impl Transport {
         id: NodeId,
         cluster: &Cluster,
         genesis_hash: Hash,
+        secrets: Option<&Secrets>,
         links: Arc<Links>,
         core: CoreHandle,
     ) -> anyhow::Result<Transport> {
         let mut queues = BTreeMap::new();
-        for (peer, address) in cluster.iter().filter(|(peer, _)| *peer != id) {
+        let identity = match secrets {
+            Some(secrets) => {
+                let (certificate, key) = secrets.node_identity(id)?;
+                Some(Identity::from_pem(certificate, key))
+            }
+            None => None,
+        };
+        for peer in cluster.ids().filter(|peer| *peer != id) {
+            let address = cluster
+                .peer_address(peer, secrets.is_some())
+                .with_context(|| {
+                    format!("node {peer}'s client port leaves no room for its peer port")
+                })?;
+            // With secrets, the peer must show the certificate of exactly this node id: TLS
+            // checks it under the name only that certificate carries.
+            let tls = secrets.zip(identity.clone()).map(|(secrets, identity)| {
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(secrets.ca_pem()))
+                    .identity(identity)
+                    .domain_name(secrets.peer_name(peer))
+            });
             // Calls of their own have no deadline: a stream lives as long as both nodes do.
-            let channel = benmo::dial::channel(address, CONNECT_TIMEOUT, None)?;
+            let channel = benmo::dial::channel_with_tls(&address, CONNECT_TIMEOUT, None, tls)?;
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
             let peer_sender = PeerSender {
                 id,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{ctl, ctl_json, leader, steady_client};
+use support::{ctl, ctl_json, leader, steady_client, Target};
 
 const NODES: u32 = 5;
 /// How long the e2e waits for containers to be healthy or the cluster to converge.
@@ -23,7 +23,9 @@ struct Compose {
     project: String,
     file: PathBuf,
     ports: Vec<u16>,
-    cluster: String,
+    /// The secrets the compose project's `secrets` service makes (a folder of this test's own).
+    secrets: tempfile::TempDir,
+    target: Target,
 }
 
 fn run(command: &mut Command) -> Output {
@@ -60,17 +62,23 @@ impl Compose {
                     .port()
             })
             .collect();
-        let cluster = ports
+        let list = ports
             .iter()
             .enumerate()
             .map(|(index, port)| format!("{}=http://127.0.0.1:{port}", index + 1))
             .collect::<Vec<_>>()
             .join(",");
+        let secrets = tempfile::tempdir().expect("temp dir");
+        let target = Target {
+            list,
+            secrets: Some(secrets.path().to_path_buf()),
+        };
         let compose = Compose {
             project: format!("benmo-e2e-{}", std::process::id()),
             file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml"),
             ports,
-            cluster,
+            secrets,
+            target,
         };
         ok(compose
             .compose()
@@ -86,6 +94,7 @@ impl Compose {
         for (index, port) in self.ports.iter().enumerate() {
             command.env(format!("BENMO_PORT_{}", index + 1), port.to_string());
         }
+        command.env("BENMO_SECRETS_DIR", self.secrets.path());
         command
     }
 
@@ -130,7 +139,7 @@ impl Compose {
     }
 
     async fn status(&self) -> Vec<serde_json::Value> {
-        support::status(&self.cluster).await
+        support::status(&self.target).await
     }
 
     async fn wait_until(
@@ -138,7 +147,7 @@ impl Compose {
         what: &str,
         condition: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        support::wait_until(&self.cluster, PATIENCE, what, condition).await
+        support::wait_until(&self.target, PATIENCE, what, condition).await
     }
 }
 
@@ -162,10 +171,28 @@ impl Drop for Compose {
 async fn containers_survive_cuts_and_kills_and_lose_nothing() {
     let started = Instant::now();
     let compose = Compose::up();
-    let list = compose.cluster.clone();
-    compose
+    let list = compose.target.clone();
+    let nodes = compose
         .wait_until("a leader is elected", |nodes| leader(nodes).is_some())
         .await;
+    assert!(
+        nodes.iter().all(|node| node["secure"] == true),
+        "compose runs secure by default: {nodes:#?}"
+    );
+    // Without the secrets, a caller can neither inject a fault nor move money.
+    let stranger = Target {
+        list: list.list.clone(),
+        secrets: None,
+    };
+    let refused = ctl(&stranger, &["sever", "1", "2"]).await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.err.contains("operator"), "{refused:?}");
+    let refused = ctl(
+        &stranger,
+        &["transfer", "--from", "1", "--to", "3", "--amount", "20"],
+    )
+    .await;
+    assert_ne!(refused.code, 0, "{refused:?}");
     let first = ctl(
         &list,
         &["transfer", "--from", "1", "--to", "3", "--amount", "20"],

@@ -18,6 +18,7 @@ fn transfers(count: usize, accounts: usize, prefix: &str) -> Vec<Transfer> {
             from: (index % accounts) as u32 + 1,
             to: ((index + 1) % accounts) as u32 + 1,
             amount: 1,
+            signature: None,
         })
         .collect()
 }

@@ -28,7 +28,7 @@ pub use bugs::{PlantedBug, PlantedBugs};
 pub use config::{Config, ConfigError};
 pub use ledger::{
     AccountId, Archive, Batch, Block, ChainError, Entry, Hash, Ledger, LedgerSnapshot, Outcome,
-    Record, Rejection, Transfer, TransferId,
+    Record, Rejection, Signature, Transfer, TransferId,
 };
 pub use message::Message;
 pub use replica::{

@@ -137,6 +137,7 @@ pub fn run(seed: u64, nodes: u32, shape: Shape, trace: bool) -> Result<Recovery,
         from: probe_node,
         to: leader,
         amount: 1,
+        signature: None,
     };
     let id = world.submit_to(probe_node, probe);
     let decided_at = world
@@ -223,6 +224,7 @@ pub fn promiser_lost_with(
         from: candidate,
         to: leader,
         amount: 1,
+        signature: None,
     };
     let id = world.submit_to(candidate, probe);
     let bound = BUILT_BOUND_ELECTION_TIMEOUTS * election_timeout_ms_max();
@@ -290,6 +292,7 @@ pub fn follower_cut_one_way(
         from: follower,
         to: leader,
         amount: 1,
+        signature: None,
     };
     let client = world.submit_and_wait(follower, probe);
     let bound = BUILT_BOUND_ELECTION_TIMEOUTS * election_timeout_ms_max();

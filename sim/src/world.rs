@@ -1153,6 +1153,7 @@ impl World {
             from,
             to,
             amount: self.rng.random_range(1..=60),
+            signature: None,
         };
         let malformed = self.rng.random_bool(0.08);
         if malformed {

@@ -11,6 +11,9 @@ use rand::{Rng, RngCore};
 use serde_json::json;
 use tokio::task::JoinSet;
 
+use std::sync::Arc;
+
+use super::signer::Signer;
 use super::{route, Context};
 use crate::cli::{BenchArgs, Format};
 use crate::connect::Nodes;
@@ -30,10 +33,13 @@ struct Tally {
     errors: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn client(
     nodes: Nodes,
     node: NodeId,
     accounts: u32,
+    debitable: Vec<NodeId>,
+    signer: Arc<Signer>,
     amount: u64,
     prefix: String,
     deadline: Instant,
@@ -48,20 +54,26 @@ async fn client(
         sequence += 1;
         let (from, to) = {
             let mut rng = rand::rng();
-            let from = rng.random_range(1..=accounts);
+            let from = debitable[rng.random_range(0..debitable.len())];
             let mut to = rng.random_range(1..accounts);
             if to >= from {
                 to += 1;
             }
             (from, to)
         };
+        let mut transfer = proto::Transfer {
+            id: format!("{prefix}-{sequence}"),
+            from,
+            to,
+            amount,
+            signature: Vec::new(),
+        };
+        if signer.sign(&mut transfer).is_err() {
+            tally.errors += 1;
+            continue;
+        }
         let request = proto::TransferRequest {
-            transfer: Some(proto::Transfer {
-                id: format!("{prefix}-{sequence}"),
-                from,
-                to,
-                amount,
-            }),
+            transfer: Some(transfer),
             timeout_ms: TRANSFER_TIMEOUT_MS,
         };
         let started = Instant::now();
@@ -128,10 +140,22 @@ pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Termina
         return exit::USAGE;
     }
     // All load goes where a transfer would: the leader a quorum follows (or --node).
-    let Some(route) = route::find(context).await else {
+    let Some(found) = route::find(context).await else {
         let _ = writeln!(terminal.err, "error: no node could be reached");
         return exit::UNREACHABLE;
     };
+    let route = found.route;
+    let signer = Arc::new(Signer::new(context, &found.status));
+    let debitable: Vec<NodeId> = (1..=accounts)
+        .filter(|account| signer.can_debit(*account))
+        .collect();
+    if debitable.is_empty() {
+        let _ = writeln!(
+            terminal.err,
+            "error: this cluster takes only signed transfers, and benmoctl holds no account key (point --secrets or BENMO_SECRETS at the cluster's secrets)"
+        );
+        return exit::USAGE;
+    }
     let _ = writeln!(
         terminal.err,
         "bench: {} clients for {} s against node {} ({})",
@@ -159,6 +183,8 @@ pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Termina
             context.nodes.clone(),
             node,
             accounts,
+            debitable.clone(),
+            signer.clone(),
             arguments.amount,
             format!("{run}-{index}"),
             deadline,
@@ -289,6 +315,12 @@ async fn report_progress(
     }
 }
 
+/// A signer for the cluster, from the status of a node that answers.
+async fn cluster_signer(context: &Context) -> Option<Arc<Signer>> {
+    let found = route::find(context).await?;
+    Some(Arc::new(Signer::new(context, &found.status)))
+}
+
 /// How long failover rounds wait for a leader, or for a restarted node to answer.
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -342,6 +374,10 @@ async fn failover(
         );
         return exit::USAGE;
     }
+    let Some(signer) = cluster_signer(context).await else {
+        let _ = writeln!(terminal.err, "error: no node could be reached");
+        return exit::UNREACHABLE;
+    };
     let run = format!("failover-{:08x}", rand::rng().next_u32());
     let mut times_ms = Vec::new();
     for round in 1..=rounds {
@@ -354,20 +390,30 @@ async fn failover(
             return exit::FAILED;
         };
         let accounts = (1..=nodes)
-            .filter(|node| *node != leader)
+            .filter(|node| *node != leader && signer.can_debit(*node))
             .take(2)
             .collect::<Vec<_>>();
+        if accounts.len() < 2 {
+            let _ = writeln!(
+                terminal.err,
+                "error: this cluster takes only signed transfers, and benmoctl holds too few account keys"
+            );
+            return exit::USAGE;
+        }
         if let Ok(mut faults) = context.nodes.faults(leader) {
             let _ = faults.crash(proto::CrashRequest {}).await;
         }
         let crashed = Instant::now();
+        let mut transfer = proto::Transfer {
+            id: format!("{run}-{round}"),
+            from: accounts[0],
+            to: accounts[1],
+            amount: 1,
+            signature: Vec::new(),
+        };
+        let _ = signer.sign(&mut transfer);
         let request = proto::TransferRequest {
-            transfer: Some(proto::Transfer {
-                id: format!("{run}-{round}"),
-                from: accounts[0],
-                to: accounts[1],
-                amount: 1,
-            }),
+            transfer: Some(transfer),
             timeout_ms: FAILOVER_PATIENCE.as_millis() as u32,
         };
         let reply = match context
@@ -475,12 +521,17 @@ async fn catch_up(
     };
     let goal = start + blocks;
     let accounts = context.nodes.cluster().size();
+    let Some(signer) = cluster_signer(context).await else {
+        let _ = writeln!(terminal.err, "error: no node could be reached");
+        return exit::UNREACHABLE;
+    };
     let run = format!("catch-up-{:08x}", rand::rng().next_u32());
     // A small concurrent load at the leader: many blocks of few transfers each.
     let mut tasks = JoinSet::new();
     for index in 0..4u64 {
         let nodes = context.nodes.clone();
         let run = run.clone();
+        let signer = signer.clone();
         tasks.spawn(async move {
             let Ok(mut ledger) = nodes.ledger_with_timeout(leader, Duration::from_secs(15)) else {
                 return;
@@ -488,13 +539,18 @@ async fn catch_up(
             for sequence in 0u64.. {
                 let from = ((index + sequence) % u64::from(accounts)) as u32 + 1;
                 let to = from % accounts + 1;
+                let mut transfer = proto::Transfer {
+                    id: format!("{run}-{index}-{sequence}"),
+                    from,
+                    to,
+                    amount: 1,
+                    signature: Vec::new(),
+                };
+                if signer.sign(&mut transfer).is_err() {
+                    return;
+                }
                 let request = proto::TransferRequest {
-                    transfer: Some(proto::Transfer {
-                        id: format!("{run}-{index}-{sequence}"),
-                        from,
-                        to,
-                        amount: 1,
-                    }),
+                    transfer: Some(transfer),
                     timeout_ms: TRANSFER_TIMEOUT_MS,
                 };
                 match ledger

@@ -80,7 +80,16 @@ pub async fn crash(context: &Context, node: NodeId, terminal: &mut Terminal<'_>)
     }
     if let Ok(mut client) = context.nodes.faults(node) {
         // The node dies while it takes the call, so the call itself fails; what counts is below.
-        let _ = client.crash(proto::CrashRequest {}).await;
+        // A refusal, though, is the node's answer: it did not crash, and says why.
+        if let Err(status) = client.crash(proto::CrashRequest {}).await {
+            if matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ) {
+                let _ = writeln!(terminal.err, "error: {}", context.nodes.error(node, status));
+                return exit::FAILED;
+            }
+        }
     }
     for _ in 0..CRASH_CHECKS {
         if let Ok(false) = is_up(context, node).await {

@@ -96,10 +96,13 @@ fn spawn(context: &Context, local: &LocalArgs, node: NodeId) -> Result<i32, Stri
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
-        .arg(data_dir(local, node))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(stderr);
+        .arg(data_dir(local, node));
+    if context.secrets_dir.join("cluster.json").exists() {
+        let secrets = fs::canonicalize(&context.secrets_dir)
+            .map_err(|error| format!("{}: {error}", context.secrets_dir.display()))?;
+        command.arg("--secrets").arg(secrets);
+    }
+    command.stdin(Stdio::null()).stdout(log).stderr(stderr);
     // Its own process group: a Ctrl-C in this terminal does not reach the node.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let child = command.spawn().map_err(|error| {
@@ -167,6 +170,22 @@ async fn start_nodes(
 
 pub async fn up(context: &Context, local: &LocalArgs, terminal: &mut Terminal<'_>) -> i32 {
     let nodes = context.nodes.ids();
+    // Secure by default: the cluster's secrets are made on the first start, and reused after.
+    match benmo::secrets::create(&context.secrets_dir, nodes.len() as u32) {
+        Ok((secrets, true)) => {
+            let _ = writeln!(
+                terminal.out,
+                "made the secrets of cluster {} in {} (private keys readable by you only)",
+                secrets.cluster_id(),
+                context.secrets_dir.display()
+            );
+        }
+        Ok((_, false)) => {}
+        Err(error) => {
+            let _ = writeln!(terminal.err, "error: {error}");
+            return exit::FAILED;
+        }
+    }
     let code = start_nodes(context, local, &nodes, terminal).await;
     if code == exit::OK {
         let _ = writeln!(

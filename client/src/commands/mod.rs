@@ -8,6 +8,8 @@ mod faults;
 mod local;
 mod log;
 mod route;
+mod secrets;
+mod signer;
 mod status;
 mod transfer;
 mod verify;
@@ -19,7 +21,11 @@ use std::time::Duration;
 use benmo_paxos::NodeId;
 use tokio::task::JoinSet;
 
-use crate::cli::{Cli, Command, Format, LocalCommand};
+use std::path::PathBuf;
+
+use benmo::secrets::Secrets;
+
+use crate::cli::{Cli, Command, Format, LocalCommand, SecretsCommand};
 use crate::connect::{CallError, Nodes};
 use crate::{exit, Terminal};
 
@@ -33,6 +39,10 @@ pub struct Context {
     pub node: Option<NodeId>,
     /// Say more about what the command does (which node a transfer went to, and why).
     pub verbose: bool,
+    /// The cluster's secrets, if benmoctl found them.
+    pub secrets: Option<Secrets>,
+    /// Where the secrets are (or would be made).
+    pub secrets_dir: PathBuf,
 }
 
 /// Runs a parsed command and returns the exit code.
@@ -47,11 +57,49 @@ pub async fn dispatch(cli: Cli, terminal: &mut Terminal<'_>) -> i32 {
             return exit::USAGE;
         }
     }
+    // The secrets: those named with --secrets (or BENMO_SECRETS) must be there; the default
+    // folder is used if it exists.
+    let named = cli.secrets.is_some();
+    let secrets_dir = cli
+        .secrets
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(benmo::secrets::DEFAULT_DIR));
+    let making_secrets = matches!(
+        cli.command,
+        Command::Secrets(_) | Command::Local(LocalCommand::Up(_))
+    );
+    let secrets = if secrets_dir.join("cluster.json").exists() {
+        match Secrets::load(&secrets_dir) {
+            Ok(secrets) => Some(secrets),
+            Err(error) => {
+                let _ = writeln!(terminal.err, "error: {error}");
+                return exit::USAGE;
+            }
+        }
+    } else if named && !making_secrets {
+        let _ = writeln!(
+            terminal.err,
+            "error: --secrets {}: no cluster.json there (make the secrets with `benmoctl secrets init`)",
+            secrets_dir.display()
+        );
+        return exit::USAGE;
+    } else {
+        None
+    };
+    let mut nodes = Nodes::new(cli.cluster, Duration::from_millis(cli.rpc_timeout_ms));
+    if let Some(token) = secrets
+        .as_ref()
+        .and_then(|secrets| secrets.operator_token().ok())
+    {
+        nodes = nodes.with_operator_token(&token);
+    }
     let context = Context {
-        nodes: Nodes::new(cli.cluster, Duration::from_millis(cli.rpc_timeout_ms)),
+        nodes,
         format: cli.output,
         node: cli.node,
         verbose: cli.verbose,
+        secrets,
+        secrets_dir,
     };
     if context.format == Format::Json {
         // Scripts read stdout: a failed command still prints one JSON object there.
@@ -144,7 +192,7 @@ async fn run_command(context: &Context, command: Command, terminal: &mut Termina
         Command::Balances => balances::run(context, terminal).await,
         Command::Chain(arguments) => chain::run(context, arguments, terminal).await,
         Command::Log => log::run(context, terminal).await,
-        Command::Verify => verify::run(context, terminal).await,
+        Command::Verify { allow_down } => verify::run(context, allow_down, terminal).await,
         Command::Crash { node } => faults::crash(context, node, terminal).await,
         Command::Sever { a, b, one_way } => faults::sever(context, a, b, one_way, terminal).await,
         Command::Heal(arguments) => faults::heal(context, arguments, terminal).await,
@@ -156,6 +204,9 @@ async fn run_command(context: &Context, command: Command, terminal: &mut Termina
         }
         Command::Local(LocalCommand::Down { purge, local }) => {
             local::down(context, purge, &local, terminal).await
+        }
+        Command::Secrets(SecretsCommand::Init { nodes, owner_of }) => {
+            secrets::init(context, nodes, owner_of.as_deref(), terminal)
         }
     }
 }

@@ -23,6 +23,15 @@ pub struct Route {
     pub reason: Reason,
 }
 
+/// A route, and what the nodes said of the cluster while it was found.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// Where to send.
+    pub route: Route,
+    /// The status of the node chosen.
+    pub status: proto::StatusReply,
+}
+
 /// Why a node was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -84,16 +93,14 @@ pub fn choose(statuses: &[(NodeId, proto::StatusReply)]) -> Option<Route> {
 }
 
 /// Asks every node for its status and picks where to send a transfer; `None` if no node answers.
-/// With `--node`, that node, unasked.
-pub async fn find(context: &Context) -> Option<Route> {
-    if let Some(node) = context.node {
-        return Some(Route {
-            node,
-            reason: Reason::Named,
-        });
-    }
+/// With `--node`, that node (asked for its status only).
+pub async fn find(context: &Context) -> Option<Found> {
+    let asked = match context.node {
+        Some(node) => vec![node],
+        None => context.nodes.ids(),
+    };
     let nodes = context.nodes.clone();
-    let answers = on_every_node(&context.nodes.ids(), move |node| {
+    let answers = on_every_node(&asked, move |node| {
         let nodes = nodes.clone();
         async move {
             let mut client = nodes.ledger(node)?;
@@ -109,7 +116,18 @@ pub async fn find(context: &Context) -> Option<Route> {
         .into_iter()
         .filter_map(|(node, answer)| answer.ok().map(|status| (node, status)))
         .collect();
-    choose(&statuses)
+    let route = match context.node {
+        Some(node) => Route {
+            node,
+            reason: Reason::Named,
+        },
+        None => choose(&statuses)?,
+    };
+    let status = statuses
+        .into_iter()
+        .find(|(node, _)| *node == route.node)
+        .map(|(_, status)| status)?;
+    Some(Found { route, status })
 }
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
                     "in_flight": status.in_flight,
                     "genesis_hash": render::hash_bytes(&status.genesis_hash).to_hex(),
                     "cpu_time_us": status.cpu_time_us,
+                    "secure": status.secure,
+                    "signed_transfers": status.signed_transfers,
                 }),
                 Err(error) => json!({ "node": node, "up": false, "error": error.to_string() }),
             })
@@ -126,6 +128,18 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
             }
         }
         let _ = table.write(terminal.out);
+        let open: Vec<String> = results
+            .iter()
+            .filter(|(_, result)| result.as_ref().is_ok_and(|status| !status.secure))
+            .map(|(node, _)| node.to_string())
+            .collect();
+        if !open.is_empty() {
+            let _ = writeln!(
+                terminal.err,
+                "warning: node {} runs open (no --secrets): any caller can speak Paxos to it, inject faults and move any account's money",
+                open.join(", ")
+            );
+        }
     }
     if reachable == 0 {
         exit::UNREACHABLE

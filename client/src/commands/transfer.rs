@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::route::{self, Reason};
+use super::signer::Signer;
 use super::Context;
 use crate::cli::{Format, TransferArgs};
 use crate::connect::CallError;
@@ -35,18 +36,25 @@ pub async fn run(context: &Context, arguments: TransferArgs, terminal: &mut Term
         let _ = writeln!(terminal.err, "error: --id: {error}");
         return exit::USAGE;
     }
-    let request = proto::TransferRequest {
-        transfer: Some(proto::Transfer {
-            id: id.clone(),
-            from: arguments.from,
-            to: arguments.to,
-            amount: arguments.amount,
-        }),
-        timeout_ms: 0,
-    };
-    let Some(first) = route::find(context).await else {
+    let Some(found) = route::find(context).await else {
         let _ = writeln!(terminal.err, "error: no node could be reached");
         return exit::UNREACHABLE;
+    };
+    let first = found.route;
+    let mut transfer = proto::Transfer {
+        id: id.clone(),
+        from: arguments.from,
+        to: arguments.to,
+        amount: arguments.amount,
+        signature: Vec::new(),
+    };
+    if let Err(message) = Signer::new(context, &found.status).sign(&mut transfer) {
+        let _ = writeln!(terminal.err, "error: {message}");
+        return exit::USAGE;
+    }
+    let request = proto::TransferRequest {
+        transfer: Some(transfer),
+        timeout_ms: 0,
     };
     if context.verbose {
         let _ = writeln!(
@@ -87,7 +95,7 @@ pub async fn run(context: &Context, arguments: TransferArgs, terminal: &mut Term
             _ = reroute.tick(), if context.node.is_none() && Instant::now() < deadline => {
                 // The node may have lost the leader (cut off, say): send the same transfer, under
                 // the same id, where it can commit. The id makes that safe: it is applied once.
-                let better = route::find(context).await.filter(|route| {
+                let better = route::find(context).await.map(|found| found.route).filter(|route| {
                     route.reason != Reason::FirstToAnswer && !tried.contains(&route.node)
                 });
                 if let Some(route) = better {

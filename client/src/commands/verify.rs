@@ -1,11 +1,15 @@
-//! `benmoctl verify`: fetch every reachable node's chain and check it from outside.
+//! `benmoctl verify`: fetch every node's chain and check it from outside.
 //!
 //! Per node: the chain replays from this cluster's genesis with every hash link, hash and outcome
-//! intact, and the balances the node reports match the replay. Across nodes: every pair agrees on
-//! their common prefix. And, summed independently from the applied transfers: the total is
-//! conserved and no balance is ever below zero.
+//! intact, and the balances the node reports match the replay; when the cluster signs transfers,
+//! every transfer carries its debited account's signature (checked with the public keys in the
+//! secrets' `cluster.json`). Across nodes: every pair agrees on their common prefix. And, summed
+//! independently from the applied transfers: the total is conserved and no balance is ever below
+//! zero. A node that cannot be reached fails the check unless `--allow-down`.
 
 use benmo::proto;
+use benmo::secrets::Secrets;
+use benmo::signing;
 use benmo_paxos::{Block, Ledger, Outcome};
 use serde_json::{json, Value};
 
@@ -85,8 +89,41 @@ fn independent_totals(
     Ok(balances.iter().sum())
 }
 
-fn check_node(node: u32, snapshot: &Snapshot) -> NodeReport {
+/// Checks every transfer's signature with the accounts' public keys; returns the first problem.
+fn check_signatures(blocks: &[Block], secrets: &Secrets) -> Result<usize, String> {
+    let Some(genesis) = blocks.first() else {
+        return Ok(0);
+    };
+    let mut checked = 0;
+    for block in blocks {
+        for entry in &block.entries {
+            let transfer = &entry.transfer;
+            signing::verify(transfer, secrets.account_key(transfer.from), &genesis.hash)
+                .map_err(|error| format!("block {}: {error}", block.height))?;
+            checked += 1;
+        }
+    }
+    Ok(checked)
+}
+
+fn check_node(node: u32, snapshot: &Snapshot, secrets: Option<&Secrets>) -> NodeReport {
     let mut problems = Vec::new();
+    if snapshot.status.signed_transfers {
+        match secrets {
+            Some(secrets) if secrets.nodes() != snapshot.status.nodes => problems.push(format!(
+                "the secrets in {} are for {} nodes, this cluster has {}",
+                secrets.dir().display(),
+                secrets.nodes(),
+                snapshot.status.nodes
+            )),
+            Some(secrets) => {
+                if let Err(problem) = check_signatures(&snapshot.blocks, secrets) {
+                    problems.push(problem);
+                }
+            }
+            None => {}
+        }
+    }
     let accounts = snapshot.status.nodes;
     let genesis_balance = snapshot.status.genesis_balance;
     match Ledger::replay(accounts, genesis_balance, &snapshot.blocks) {
@@ -134,7 +171,7 @@ fn check_node(node: u32, snapshot: &Snapshot) -> NodeReport {
     }
 }
 
-pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
+pub async fn run(context: &Context, allow_down: bool, terminal: &mut Terminal<'_>) -> i32 {
     let nodes = context.nodes.clone();
     let results = on_every_node(&context.candidates(), move |node| {
         snapshot(nodes.clone(), node)
@@ -146,7 +183,7 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
     for (node, result) in results {
         match result {
             Ok(snapshot) => {
-                reports.push(check_node(node, &snapshot));
+                reports.push(check_node(node, &snapshot, context.secrets.as_ref()));
                 snapshots.push((node, snapshot));
             }
             Err(error) => {
@@ -186,6 +223,21 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
             ));
         }
     }
+    if !allow_down {
+        for node in &unreachable {
+            violations.push(format!(
+                "node {node} could not be checked (down or unreachable; --allow-down to check only the others)"
+            ));
+        }
+    }
+    let signed = snapshots
+        .iter()
+        .any(|(_, snapshot)| snapshot.status.signed_transfers);
+    let signatures = match (signed, context.secrets.is_some()) {
+        (true, true) => "every transfer signed by its debited account",
+        (true, false) => "signatures NOT checked (no secrets: --secrets DIR or BENMO_SECRETS)",
+        (false, _) => "the cluster does not sign transfers",
+    };
     let top = reports
         .iter()
         .map(|report| report.height)
@@ -218,6 +270,7 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
                 "total": total.to_string(),
                 "nodes": nodes,
                 "violations": violations,
+                "signatures_checked": signed && context.secrets.is_some(),
             }),
         );
     } else {
@@ -248,7 +301,7 @@ pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
         if violations.is_empty() {
             let _ = writeln!(
                 terminal.out,
-                "ok: {} nodes checked; hash links intact, chains agree on their common prefix, total {total} conserved, no negative balance",
+                "ok: {} nodes checked; hash links intact, chains agree on their common prefix, total {total} conserved, no negative balance; {signatures}",
                 reports.len()
             );
         } else {

@@ -31,23 +31,38 @@ impl Run {
     }
 }
 
+/// Where benmoctl finds a cluster: its node list and, when the cluster is secure, its secrets.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub list: String,
+    pub secrets: Option<PathBuf>,
+}
+
 pub struct Cluster {
     pub directory: tempfile::TempDir,
     pub nodes: u32,
-    pub cluster: String,
+    pub target: Target,
     children: Vec<Option<Child>>,
     /// Extra flags every node starts with.
     flags: Vec<String>,
 }
 
-fn free_ports(count: u32) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("address").port())
-        .collect()
+/// `count` client ports, each with its peer port (client port + 1000) free as well.
+pub fn free_ports(count: u32) -> Vec<u16> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < count as usize {
+        let client = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = client.local_addr().expect("address").port();
+        let Some(peer_port) = port.checked_add(benmo::cluster::PEER_PORT_OFFSET) else {
+            continue;
+        };
+        if let Ok(peer) = TcpListener::bind(("127.0.0.1", peer_port)) {
+            ports.push(port);
+            held.push((client, peer));
+        }
+    }
+    ports
 }
 
 pub fn node_binary() -> PathBuf {
@@ -62,17 +77,32 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra flags for every node.
     pub async fn start_with(nodes: u32, flags: &[&str]) -> Cluster {
+        Cluster::launch(nodes, flags, true).await
+    }
+
+    /// Starts `nodes` nodes without secrets: no TLS, no signatures, no operator token.
+    pub async fn start_open(nodes: u32) -> Cluster {
+        Cluster::launch(nodes, &[], false).await
+    }
+
+    async fn launch(nodes: u32, flags: &[&str], secure: bool) -> Cluster {
         let ports = free_ports(nodes);
-        let cluster = ports
+        let list = ports
             .iter()
             .enumerate()
             .map(|(index, port)| format!("{}=http://127.0.0.1:{port}", index + 1))
             .collect::<Vec<_>>()
             .join(",");
+        let directory = tempfile::tempdir().expect("temp dir");
+        let secrets = secure.then(|| {
+            let dir = directory.path().join("secrets");
+            benmo::secrets::create(&dir, nodes).expect("make the cluster's secrets");
+            dir
+        });
         let mut this = Cluster {
-            directory: tempfile::tempdir().expect("temp dir"),
+            directory,
             nodes,
-            cluster,
+            target: Target { list, secrets },
             children: (0..nodes).map(|_| None).collect(),
             flags: flags.iter().map(|flag| flag.to_string()).collect(),
         };
@@ -112,7 +142,7 @@ impl Cluster {
             .arg("--id")
             .arg(id.to_string())
             .arg("--cluster")
-            .arg(&self.cluster)
+            .arg(&self.target.list)
             .arg("--listen")
             .arg(self.address(id).trim_start_matches("http://"))
             .arg("--data-dir")
@@ -130,11 +160,15 @@ impl Cluster {
                 Ok(())
             });
         }
+        if let Some(secrets) = &self.target.secrets {
+            command.arg("--secrets").arg(secrets);
+        }
         command
     }
 
     pub fn address(&self, id: u32) -> String {
-        self.cluster
+        self.target
+            .list
             .split(',')
             .find_map(|item| item.strip_prefix(&format!("{id}=")))
             .expect("node in cluster")
@@ -172,17 +206,17 @@ impl Cluster {
 
     /// Runs benmoctl against this cluster.
     pub async fn ctl(&self, arguments: &[&str]) -> Run {
-        ctl(&self.cluster, arguments).await
+        ctl(&self.target, arguments).await
     }
 
     /// Runs benmoctl with `--output json` and returns the exit code and the JSON.
     pub async fn ctl_json(&self, arguments: &[&str]) -> (i32, Value) {
-        ctl_json(&self.cluster, arguments).await
+        ctl_json(&self.target, arguments).await
     }
 
     /// Every node's status, as benmoctl reports it.
     pub async fn status(&self) -> Vec<Value> {
-        status(&self.cluster).await
+        status(&self.target).await
     }
 
     /// Polls until `condition` holds on the cluster's status, or fails the test after PATIENCE.
@@ -190,7 +224,7 @@ impl Cluster {
     where
         F: Fn(&[Value]) -> bool,
     {
-        wait_until(&self.cluster, PATIENCE, what, condition).await
+        wait_until(&self.target, PATIENCE, what, condition).await
     }
 
     pub async fn wait_until_serving(&self, id: u32) {
@@ -253,9 +287,13 @@ impl Cluster {
     }
 }
 
-/// Runs benmoctl (in-process) against the cluster list `cluster`.
-pub async fn ctl(cluster: &str, arguments: &[&str]) -> Run {
-    let mut all = vec!["benmoctl", "--cluster", cluster];
+/// Runs benmoctl (in-process) against `target`, with its secrets if it has them.
+pub async fn ctl(target: &Target, arguments: &[&str]) -> Run {
+    let secrets = target.secrets.as_ref().map(|dir| dir.display().to_string());
+    let mut all = vec!["benmoctl", "--cluster", &target.list];
+    if let Some(secrets) = &secrets {
+        all.extend_from_slice(&["--secrets", secrets]);
+    }
     all.extend_from_slice(arguments);
     let mut out = Vec::new();
     let mut err = Vec::new();
@@ -274,10 +312,10 @@ pub async fn ctl(cluster: &str, arguments: &[&str]) -> Run {
 }
 
 /// Runs benmoctl with `--output json` and returns the exit code and the JSON.
-pub async fn ctl_json(cluster: &str, arguments: &[&str]) -> (i32, Value) {
+pub async fn ctl_json(target: &Target, arguments: &[&str]) -> (i32, Value) {
     let mut all = vec!["--output", "json"];
     all.extend_from_slice(arguments);
-    let run = ctl(cluster, &all).await;
+    let run = ctl(target, &all).await;
     (run.code, run.json())
 }
 
@@ -286,14 +324,14 @@ pub async fn ctl_json(cluster: &str, arguments: &[&str]) -> (i32, Value) {
 pub type Acknowledged = BTreeMap<String, (u64, String)>;
 
 /// Every node's status, as benmoctl reports it (nodes that are down included).
-pub async fn status(cluster: &str) -> Vec<Value> {
-    let (_, json) = ctl_json(cluster, &["status"]).await;
+pub async fn status(target: &Target) -> Vec<Value> {
+    let (_, json) = ctl_json(target, &["status"]).await;
     json["nodes"].as_array().cloned().unwrap_or_default()
 }
 
 /// Polls the cluster's status until `condition` holds, or fails the test after `patience`.
 pub async fn wait_until<F>(
-    cluster: &str,
+    target: &Target,
     patience: Duration,
     what: &str,
     condition: F,
@@ -303,7 +341,7 @@ where
 {
     let started = Instant::now();
     loop {
-        let nodes = status(cluster).await;
+        let nodes = status(target).await;
         if condition(&nodes) {
             return nodes;
         }
@@ -318,7 +356,12 @@ where
 /// A client that keeps one transfer in flight until `until`, retrying each one with the same id
 /// (at another node each time) until it gets an answer. Returns what was acknowledged as
 /// committed.
-pub async fn steady_client(cluster: &str, nodes: u32, client: u32, until: Instant) -> Acknowledged {
+pub async fn steady_client(
+    target: &Target,
+    nodes: u32,
+    client: u32,
+    until: Instant,
+) -> Acknowledged {
     let mut acknowledged = BTreeMap::new();
     let mut sequence = 0;
     while Instant::now() < until {
@@ -333,7 +376,7 @@ pub async fn steady_client(cluster: &str, nodes: u32, client: u32, until: Instan
             attempt += 1;
             let node = ((client + attempt) % nodes + 1).to_string();
             let (code, json) = ctl_json(
-                cluster,
+                target,
                 &[
                     "--node",
                     &node,
@@ -370,8 +413,11 @@ pub async fn steady_client(cluster: &str, nodes: u32, client: u32, until: Instan
 }
 
 /// Reads node `node`'s chain and returns, for every transfer id in it, each (height, outcome).
-pub async fn chain_index(cluster: &str, node: u32) -> (u64, BTreeMap<String, Vec<(u64, String)>>) {
-    let (code, chain) = ctl_json(cluster, &["--node", &node.to_string(), "chain"]).await;
+pub async fn chain_index(
+    target: &Target,
+    node: u32,
+) -> (u64, BTreeMap<String, Vec<(u64, String)>>) {
+    let (code, chain) = ctl_json(target, &["--node", &node.to_string(), "chain"]).await;
     assert_eq!(code, 0, "chain of node {node}: {chain}");
     let blocks = chain["blocks"].as_array().expect("blocks");
     let mut seen: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
@@ -395,11 +441,11 @@ pub async fn chain_index(cluster: &str, node: u32) -> (u64, BTreeMap<String, Vec
 /// further copy is marked a duplicate), at the height and with the outcome it was acknowledged
 /// with. Returns the chain's height.
 pub async fn assert_acknowledged_in_chain(
-    cluster: &str,
+    target: &Target,
     node: u32,
     acknowledged: &Acknowledged,
 ) -> u64 {
-    let (height, seen) = chain_index(cluster, node).await;
+    let (height, seen) = chain_index(target, node).await;
     for (id, (at, status)) in acknowledged {
         let appearances = seen
             .get(id)

@@ -117,7 +117,7 @@ impl Block {
         entries: &[Entry],
     ) -> Hash {
         let mut hasher = Sha256::new();
-        hasher.update(b"benmo.block.v1");
+        hasher.update(b"benmo.block.v2");
         hasher.update(height.to_be_bytes());
         hasher.update(prev_hash.0);
         hasher.update(proposer.to_be_bytes());
@@ -147,6 +147,13 @@ fn hash_entry(hasher: &mut Sha256, entry: &Entry) {
     hasher.update(transfer.from.to_be_bytes());
     hasher.update(transfer.to.to_be_bytes());
     hasher.update(transfer.amount.to_be_bytes());
+    match &transfer.signature {
+        None => hasher.update([0]),
+        Some(signature) => {
+            hasher.update([1]);
+            hasher.update(signature.0);
+        }
+    }
     match &entry.outcome {
         Outcome::Applied => hasher.update([0]),
         Outcome::Duplicate { first_height } => {
@@ -207,6 +214,7 @@ mod tests {
                 from: 1,
                 to: 2,
                 amount,
+                signature: None,
             },
             outcome,
         }

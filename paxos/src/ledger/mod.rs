@@ -11,7 +11,9 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use block::{Batch, Block, Entry, Hash};
-pub use transfer::{AccountId, Outcome, Rejection, Transfer, TransferId, TransferIdError};
+pub use transfer::{
+    AccountId, Outcome, Rejection, Signature, Transfer, TransferId, TransferIdError,
+};
 
 use crate::bugs::{PlantedBug, PlantedBugs};
 use crate::types::{Height, NodeId};
@@ -476,6 +478,7 @@ mod tests {
             from,
             to,
             amount,
+            signature: None,
         }
     }
 

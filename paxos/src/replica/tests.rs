@@ -13,6 +13,7 @@ fn transfer(id: &str, from: NodeId, to: NodeId, amount: u64) -> Transfer {
         from,
         to,
         amount,
+        signature: None,
     }
 }
 

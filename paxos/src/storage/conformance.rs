@@ -38,6 +38,7 @@ fn transfer(id: &str, from: u32, to: u32, amount: u64) -> Transfer {
         from,
         to,
         amount,
+        signature: None,
     }
 }
 
