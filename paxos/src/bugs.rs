@@ -45,11 +45,15 @@ pub enum PlantedBug {
     /// A node whose data directory was emptied starts anew, as if the cluster were new, instead of
     /// refusing to start: it forgets its promises and votes.
     StartOnWipedDisk,
+    /// A candidate that no longer hears a majority runs again with a higher ballot after each
+    /// election timeout, instead of going back to following: its Prepares, which still arrive,
+    /// depose every leader the majority elects.
+    RerunWithoutQuorum,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [PlantedBug; 15] = [
+    pub const ALL: [PlantedBug; 16] = [
         PlantedBug::ReplyBeforePersist,
         PlantedBug::ForgetPromiseOnRestart,
         PlantedBug::IgnorePromisedValues,
@@ -65,6 +69,7 @@ impl PlantedBug {
         PlantedBug::FetchFromSamePeer,
         PlantedBug::SynchronousWrites,
         PlantedBug::StartOnWipedDisk,
+        PlantedBug::RerunWithoutQuorum,
     ];
 
     /// The bug's name in kebab case, as the simulator's `--planted-bug` flag takes it.
@@ -85,6 +90,7 @@ impl PlantedBug {
             PlantedBug::FetchFromSamePeer => "fetch-from-same-peer",
             PlantedBug::SynchronousWrites => "synchronous-writes",
             PlantedBug::StartOnWipedDisk => "start-on-wiped-disk",
+            PlantedBug::RerunWithoutQuorum => "rerun-without-quorum",
         }
     }
 

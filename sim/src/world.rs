@@ -1459,6 +1459,9 @@ impl World {
         let majority_size = nodes as usize / 2 + 1;
         self.faults_on = false;
         self.cuts.clear();
+        // Heals the random faults scheduled must not undo the lasting cuts below.
+        self.queue
+            .retain(|_, event| !matches!(event, Event::Heal { .. } | Event::HealAll));
         self.set_network(NetworkFaults::calm());
         // Half the time the leader is lost for good, so an election runs under the lasting faults
         // (unless the nodes left, wiped ones aside, would be no majority).

@@ -255,12 +255,13 @@ impl Replica {
             self.election.leader.is_some() && direct_top == self.election.leader;
 
         // Leading is this node's job but it is not doing it (a Nack made it step down): try again,
-        // at most once a round.
+        // at most once a round, if it still hears a majority.
         if self
             .election
             .leader
             .is_some_and(|leader| leader.node == self.config.id)
             && matches!(self.role, Role::Follower)
+            && quorum_connected
         {
             self.start_election();
         }
@@ -320,6 +321,11 @@ impl Replica {
         }
     }
 
+    /// Gives up Phase 1 and follows no one until the next heartbeat round shows whom to follow.
+    pub(super) fn abandon_candidacy(&mut self) {
+        self.follow(None);
+    }
+
     /// Follows the owner of `ballot`, seen in a Paxos message rather than in a heartbeat round,
     /// if it is above the leader followed now.
     pub(super) fn follow_ballot(&mut self, ballot: Ballot) {
@@ -344,6 +350,19 @@ impl Replica {
         self.election.route = sighting.and_then(|seen| seen.route);
         self.restart_election_timer();
         match leader {
+            Some(ballot) if ballot.node == self.config.id && !self.election.quorum_connected => {
+                // A peer still reports this node's old ballot, but this node hears no majority:
+                // running would only depose the leader the majority has.
+                self.election.leader = None;
+                self.election.route = None;
+                self.step_down(None);
+                if changed {
+                    self.ready
+                        .events
+                        .push(Event::LeaderChanged { leader: None });
+                    self.forward_all_pending_again();
+                }
+            }
             Some(ballot) if ballot.node == self.config.id => {
                 let running = self.role_ballot().filter(|current| *current >= ballot);
                 match running {

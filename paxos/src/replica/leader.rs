@@ -73,6 +73,15 @@ impl Replica {
             .planted_bugs
             .has(PlantedBug::FetchOnlyFromAheadPromiser);
         if gives_up && self.now - candidate.started_at >= self.config.election_timeout_ticks_max {
+            if !self.election.quorum_connected()
+                && !self.config.planted_bugs.has(PlantedBug::RerunWithoutQuorum)
+            {
+                // It no longer hears a majority (its heartbeat replies are lost, say, while its
+                // own messages still arrive): a higher ballot could not win, it would only
+                // depose the leader the majority has. It goes back to following.
+                self.abandon_candidacy();
+                return;
+            }
             let ballot = self.raise_ballot();
             self.election.set_ballot(ballot);
             self.start_election();

@@ -966,3 +966,38 @@ fn a_closed_connection_to_the_leader_starts_an_election_at_once() {
     let ready = follower.step(Input::Disconnected(3));
     assert!(ready.events.is_empty());
 }
+
+#[test]
+fn a_candidate_that_no_longer_hears_a_majority_stops_running() {
+    // Node 5 of 5 runs, then hears only node 2, which keeps reporting node 5's ballot as the
+    // leader it heard (as a stale report would). Node 5 cannot win; running again with higher
+    // ballots would only depose, each time, the leader the other nodes elect. It must go back to
+    // following within an election timeout and never start a higher ballot.
+    let mut replica = fresh(5, 5);
+    replica.election.quorum_connected_for_tests();
+    replica.start_election();
+    let first = replica.election.ballot();
+    let mut ballots = Vec::new();
+    for _ in 0..3 * replica.config.election_timeout_ticks_max {
+        let round = replica.election.round();
+        receive(
+            &mut replica,
+            2,
+            Message::HeartbeatReply(HeartbeatReply {
+                round,
+                ballot: Ballot::new(0, 2),
+                quorum_connected: true,
+                leader: Some(first),
+                decided: 0,
+            }),
+        );
+        let ready = replica.step(Input::Tick);
+        for event in &ready.events {
+            if let Event::ElectionStarted { ballot } = event {
+                ballots.push(*ballot);
+            }
+        }
+    }
+    assert!(ballots.is_empty(), "ran again with {ballots:?}");
+    assert_eq!(replica.role(), RoleName::Follower);
+}
