@@ -19,7 +19,7 @@ pub struct Cli {
 
     /// Ask this node, and only this node. Without it, transfers and bench go to the leader a
     /// quorum follows, and other commands ask the first node that answers.
-    #[arg(long, global = true)]
+    #[arg(long = "node", id = "only_node", value_name = "NODE", global = true)]
     pub node: Option<NodeId>,
 
     /// Say more: for a transfer, which node it went to and why.

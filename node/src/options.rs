@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use benmo::cluster::{Cluster, DEFAULT_CLUSTER};
+use benmo_paxos::config::ConfigError;
 use benmo_paxos::{Config, NodeId};
 use clap::Parser;
 
@@ -122,6 +123,31 @@ pub const HEARTBEAT_MS_MIN: u64 = 5;
 pub const HEARTBEAT_MS_MAX: u64 = 10_000;
 
 impl Options {
+    /// Names the flag behind a core setting the core refused.
+    fn blame(&self, error: ConfigError) -> anyhow::Error {
+        match &error {
+            ConfigError::GenesisBalance { .. } => {
+                anyhow!("--genesis-balance {}: {error}", self.genesis_balance)
+            }
+            ConfigError::ElectionTimeout { .. } => anyhow!(
+                "--election-timeout-min-ms {} / --election-timeout-max-ms {}: {error} (a tick is --heartbeat-ms {} ms)",
+                self.election_timeout_min_ms,
+                self.election_timeout_max_ms,
+                self.heartbeat_ms
+            ),
+            ConfigError::Limit { name, .. } => {
+                let flag = match *name {
+                    "batch_transfers_max" => "--batch-max",
+                    "in_flight_slots_max" => "--in-flight-max",
+                    "pending_transfers_max" => "--pending-max",
+                    _ => name,
+                };
+                anyhow!("{flag}: {error}")
+            }
+            _ => anyhow!("invalid settings: {error}"),
+        }
+    }
+
     /// Checks the flags and turns them into settings.
     pub fn settings(&self) -> Result<Settings> {
         let nodes = self.cluster.size();
@@ -149,12 +175,7 @@ impl Options {
         core.batch_transfers_max = self.batch_max;
         core.in_flight_slots_max = self.in_flight_max;
         core.pending_transfers_max = self.pending_max;
-        core.validate().with_context(|| {
-            format!(
-                "invalid settings (election timeouts are counted in heartbeats of {} ms, and must span at least 2)",
-                self.heartbeat_ms
-            )
-        })?;
+        core.validate().map_err(|error| self.blame(error))?;
         let listen = match self.listen {
             Some(listen) => listen,
             None => {
@@ -235,11 +256,17 @@ mod tests {
             "100"
         ])
         .contains("is above"));
-        assert!(format!(
-            "{:#}",
-            parse(&["--id", "1", "--batch-max", "0"]).unwrap_err()
-        )
-        .contains("batch_transfers_max"));
+        // Core settings the core refuses are blamed on the flag that set them.
+        let batch = message(&["--id", "1", "--batch-max", "0"]);
+        assert!(batch.starts_with("--batch-max: "), "{batch}");
+        assert!(!batch.contains("election"), "{batch}");
+        let pending = message(&["--id", "1", "--pending-max", "0"]);
+        assert!(pending.starts_with("--pending-max: "), "{pending}");
+        let balance = message(&["--id", "1", "--genesis-balance", "18446744073709551615"]);
+        assert!(balance.starts_with("--genesis-balance "), "{balance}");
+        assert!(balance.contains("overflows"), "{balance}");
+        let timeouts = message(&["--id", "1", "--election-timeout-max-ms", "100000000"]);
+        assert!(timeouts.contains("--election-timeout-max-ms"), "{timeouts}");
         assert!(message(&["--id", "1", "--cluster", "1=nowhere"]).contains("http://"));
     }
 }

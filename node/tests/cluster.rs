@@ -63,6 +63,15 @@ async fn a_transfer_commits_and_every_node_agrees_on_the_balances() {
     assert_eq!(heights(json), (0..=head).collect::<Vec<_>>());
     let backwards = cluster.ctl(&["chain", "--from", "2", "--to", "1"]).await;
     assert_eq!(backwards.code, 2, "{backwards:?}");
+    let (code, json) = cluster
+        .ctl_json(&["--node", "1", "chain", "--to", &u64::MAX.to_string()])
+        .await;
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(
+        heights(json),
+        (0..=head).collect::<Vec<_>>(),
+        "a range to u64::MAX is the whole chain"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,6 +142,22 @@ async fn bad_transfers_are_refused_with_reasons_and_move_nothing() {
     assert!(unknown_node.err.contains("--node 4 is not in the cluster"));
     let crash_unknown = cluster.ctl(&["crash", "7"]).await;
     assert_eq!(crash_unknown.code, 2);
+    assert!(
+        crash_unknown
+            .err
+            .starts_with("error: node 7 is not in the cluster (nodes are 1..=3)"),
+        "{crash_unknown:?}"
+    );
+    let no_port = support::ctl(
+        &support::Target {
+            list: "1=http://a".to_string(),
+            secrets: None,
+        },
+        &["status"],
+    )
+    .await;
+    assert_eq!(no_port.code, 2);
+    assert!(no_port.err.contains("needs a port"), "{no_port:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -431,6 +431,27 @@ async fn faults_need_the_operator_token_and_transfers_their_accounts_signature()
     let retried = send(genuine).await.unwrap().into_inner();
     assert_eq!(retried, committed);
 
+    // A transfer refused for its content is answered with the refusal, never "still pending",
+    // however short the caller's timeout.
+    for attempt in 0..200 {
+        let mut empty = transfer(&format!("zero-{attempt}"), 1, 2, 0);
+        benmo::signing::sign(&mut empty, &key(1), &scene.genesis);
+        let mut ledger = scene.ledger(node);
+        let answer = ledger
+            .transfer(proto::TransferRequest {
+                transfer: Some(proto::Transfer::from(&empty)),
+                timeout_ms: 1,
+            })
+            .await;
+        match answer {
+            Err(status) => {
+                assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+                assert!(status.message().contains("positive"), "{status:?}");
+            }
+            Ok(reply) => panic!("an amount of 0 was answered {reply:?}"),
+        }
+    }
+
     // A client that holds only account 3's key can debit account 3 but not account 1.
     let holder = tempfile::tempdir().unwrap();
     let source = scene.secrets.dir();
