@@ -106,4 +106,21 @@ mod tests {
             Err(SignatureError::NoKey(1))
         );
     }
+
+    #[test]
+    fn the_signed_bytes_are_those_the_proto_documents() {
+        // The layout on `Transfer.signature` in proto/benmo/v1/benmo.proto, byte by byte, so a
+        // client in another language can check its encoding against this one.
+        let mut transfer = transfer("t-1");
+        transfer.from = 1;
+        transfer.to = 3;
+        transfer.amount = 20;
+        let genesis = Hash([0xab; 32]);
+        let mut expected = b"benmo.transfer.v1".to_vec();
+        expected.extend_from_slice(&[0xab; 32]);
+        expected.extend_from_slice(&[3, b't', b'-', b'1']);
+        expected.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 3]);
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 20]);
+        assert_eq!(transfer.signing_message(&genesis), expected);
+    }
 }

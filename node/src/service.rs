@@ -36,9 +36,14 @@ const TRANSFER_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 /// "still pending".
 const DURABLE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Blocks read from disk at a time when streaming a chain.
-const CHAIN_CHUNK_BLOCKS: usize = 64;
-/// Blocks a chain stream holds for a slow reader; a reader that stops reading holds no more.
-const CHAIN_STREAM_BUFFER_BLOCKS: usize = 16;
+const CHAIN_CHUNK_BLOCKS: usize = 16;
+/// Blocks a chain stream holds for a slow reader beyond the chunk being sent. With the chunk, a
+/// reader holds at most 24 blocks (about 5 MiB at the largest batch) of the node's memory.
+const CHAIN_STREAM_BUFFER_BLOCKS: usize = 8;
+/// Client chain streams served at once; more are refused with RESOURCE_EXHAUSTED.
+const CHAIN_READERS_MAX: usize = 16;
+/// A chain reader that takes no block for this long is dropped, and frees its place.
+const CHAIN_READER_STALL_MAX: Duration = Duration::from_secs(30);
 
 type BlockStream = Pin<Box<dyn Stream<Item = Result<proto::Block, Status>> + Send>>;
 
@@ -55,6 +60,8 @@ struct Node {
     transfer_timeout: Duration,
     /// The cluster's secrets: set when the node runs secure.
     secrets: Option<Arc<Secrets>>,
+    /// Places for client chain streams.
+    chain_readers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The largest client request: a Transfer, a read or a fault (nothing a client sends is large).
@@ -120,11 +127,20 @@ impl Node {
         Ok(caller.node)
     }
 
-    /// Streams blocks `from..=to` (to the head if `to` is None) from disk.
-    fn stream_chain(&self, from: u64, to: Option<u64>, limit: Option<u64>) -> BlockStream {
+    /// Streams blocks `from..=to` (to the head if `to` is None) from disk, holding `place` (if
+    /// any) until the stream ends. A reader that goes away, or takes nothing for
+    /// [`CHAIN_READER_STALL_MAX`], ends it.
+    fn stream_chain(
+        &self,
+        from: u64,
+        to: Option<u64>,
+        limit: Option<u64>,
+        place: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> BlockStream {
         let (sender, receiver) = mpsc::channel(CHAIN_STREAM_BUFFER_BLOCKS);
         let chain = self.chain.clone();
         tokio::spawn(async move {
+            let _place = place;
             let mut next = from;
             let mut sent = 0u64;
             loop {
@@ -138,24 +154,39 @@ impl Node {
                 if count == 0 {
                     return;
                 }
-                let blocks = match chain.blocks(next, count) {
-                    Ok(blocks) => blocks,
-                    Err(error) => {
+                // Disk reads and decoding run off the async threads, which the core loop and
+                // the peer streams share.
+                let reader = chain.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    reader.blocks(next, count).map(|blocks| {
+                        blocks
+                            .iter()
+                            .map(proto::Block::from)
+                            .collect::<Vec<proto::Block>>()
+                    })
+                })
+                .await;
+                let blocks = match read {
+                    Ok(Ok(blocks)) => blocks,
+                    Ok(Err(error)) => {
                         let _ = sender.send(Err(Status::internal(error.to_string()))).await;
                         return;
                     }
+                    Err(_) => return,
                 };
                 if blocks.is_empty() {
                     return;
                 }
-                for block in &blocks {
-                    if sender.send(Ok(proto::Block::from(block))).await.is_err() {
+                let read = blocks.len();
+                for block in blocks {
+                    let sent = sender.send_timeout(Ok(block), CHAIN_READER_STALL_MAX).await;
+                    if sent.is_err() {
                         return;
                     }
                 }
-                next += blocks.len() as u64;
-                sent += blocks.len() as u64;
-                if blocks.len() < count {
+                next += read as u64;
+                sent += read as u64;
+                if read < count {
                     return;
                 }
             }
@@ -225,6 +256,7 @@ impl PeerService for Node {
             request.from_height,
             None,
             Some(limit),
+            None,
         )))
     }
 }
@@ -397,10 +429,20 @@ impl LedgerService for Node {
                 )));
             }
         }
+        let place = self
+            .chain_readers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{CHAIN_READERS_MAX} chain streams are being served; retry when one ends"
+                ))
+            })?;
         Ok(Response::new(self.stream_chain(
             request.from_height,
             request.to_height,
             None,
+            Some(place),
         )))
     }
 
@@ -652,6 +694,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         started: Instant::now(),
         transfer_timeout: settings.transfer_timeout,
         secrets: secrets.clone(),
+        chain_readers: Arc::new(tokio::sync::Semaphore::new(CHAIN_READERS_MAX)),
     };
     let writer = WriterOptions {
         fsync_delay: settings.fsync_delay,

@@ -492,3 +492,63 @@ async fn faults_need_the_operator_token_and_transfers_their_accounts_signature()
     );
     scene.assert_unharmed().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_stall_hold_a_bounded_share_of_the_node_and_free_it_when_they_leave() {
+    let scene = Scene::new().await;
+    // A chain longer than what HTTP/2 buffers for one stream (its window and send buffer, about
+    // 0.5 MiB) plus the node's own buffer, so a reader who takes nothing blocks its stream.
+    let mut committed = 0;
+    while committed < 8_000 {
+        let (code, bench) = scene
+            .cluster
+            .ctl_json(&["bench", "--clients", "64", "--duration-s", "3"])
+            .await;
+        assert_eq!(code, 0, "{bench}");
+        committed += bench["committed"].as_u64().unwrap();
+    }
+    let node = scene.leader;
+    let mut stalled = Vec::new();
+    let mut refused = None;
+    for _ in 0..64 {
+        match scene
+            .ledger(node)
+            .chain(proto::ChainRequest {
+                from_height: 0,
+                to_height: None,
+            })
+            .await
+        {
+            Ok(stream) => stalled.push(stream),
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a node serves a bounded number of chain readers");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("chain streams"), "{refused:?}");
+    // (Readers whose whole chain fit in the transport's buffers finished and gave their place
+    // back; the others still hold theirs.)
+    println!("{} readers served before the refusal", stalled.len());
+    // The readers go away: their places come back and a whole chain can be read again.
+    drop(stalled);
+    let started = std::time::Instant::now();
+    loop {
+        let (code, json) = scene
+            .cluster
+            .ctl_json(&["--node", &node.to_string(), "chain", "--to", "0"])
+            .await;
+        if code == 0 {
+            assert_eq!(json["blocks"].as_array().unwrap().len(), 1);
+            break;
+        }
+        assert!(
+            started.elapsed() < support::PATIENCE,
+            "the places of readers that left never came back: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    scene.assert_unharmed().await;
+}
