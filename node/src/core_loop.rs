@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::host::{Environment, Host, TransferResult};
 use crate::storage::{SledStorage, StorageError};
+use crate::telemetry::Telemetry;
 use crate::transport::Transport;
 
 /// The most commands taken into one batch before its messages and writes go out.
@@ -142,6 +143,7 @@ pub enum Written {
 pub fn start_writer(
     mut storage: SledStorage,
     options: WriterOptions,
+    telemetry: std::sync::Arc<Telemetry>,
 ) -> std::io::Result<(
     std_mpsc::Sender<Vec<Write>>,
     mpsc::UnboundedReceiver<Written>,
@@ -160,9 +162,11 @@ pub fn start_writer(
                 .unwrap_or(Duration::from_secs(3600));
             match batches.recv_timeout(wait) {
                 Ok(batch) => {
+                    let started = std::time::Instant::now();
                     if let Err(error) = storage.write(&batch) {
                         fail(error);
                     }
+                    telemetry.flushed(started.elapsed());
                     if !options.fsync_delay.is_zero() {
                         std::thread::sleep(options.fsync_delay);
                     }
@@ -192,16 +196,23 @@ pub fn start_writer(
 pub struct NodeEnvironment {
     transport: Transport,
     writer: std_mpsc::Sender<Vec<Write>>,
+    telemetry: std::sync::Arc<Telemetry>,
     /// Decided heights not yet logged: logged once per tick, not once per block.
     decided_unlogged: Option<(Height, Height, usize)>,
 }
 
 impl NodeEnvironment {
-    /// The environment of a node that sends through `transport` and writes through `writer`.
-    pub fn new(transport: Transport, writer: std_mpsc::Sender<Vec<Write>>) -> NodeEnvironment {
+    /// The environment of a node that sends through `transport`, writes through `writer` and
+    /// reports to `telemetry`.
+    pub fn new(
+        transport: Transport,
+        writer: std_mpsc::Sender<Vec<Write>>,
+        telemetry: std::sync::Arc<Telemetry>,
+    ) -> NodeEnvironment {
         NodeEnvironment {
             transport,
             writer,
+            telemetry,
             decided_unlogged: None,
         }
     }
@@ -220,6 +231,7 @@ impl Environment for NodeEnvironment {
     type Waiter = Waiter;
 
     fn send(&mut self, peer: NodeId, messages: Vec<Message>) {
+        self.telemetry.sent(peer, &messages);
         self.transport.send(peer, messages);
     }
 
@@ -249,10 +261,17 @@ impl Environment for NodeEnvironment {
             self.decided_unlogged
                 .unwrap_or((block.height, block.height, 0));
         self.decided_unlogged = Some((first, block.height, transfers + block.entries.len()));
+        self.telemetry.appended(block);
     }
 
     fn event(&mut self, event: &Event) {
-        log_event(event);
+        let (description, warning) = describe_event(event);
+        if warning {
+            warn!("{description}");
+        } else {
+            info!("{description}");
+        }
+        self.telemetry.event(event, &description);
     }
 }
 
@@ -320,7 +339,10 @@ impl Context<'_> {
 
     fn handle(&mut self, host: &mut Host<Waiter>, command: Command) {
         match command {
-            Command::Peer { from, messages } => host.receive(from, messages, self.environment),
+            Command::Peer { from, messages } => {
+                self.environment.telemetry.received(from, &messages);
+                host.receive(from, messages, self.environment)
+            }
             Command::Blocks { from, blocks } => host.blocks(from, blocks, self.environment),
             Command::Disconnected(peer) => {
                 debug!("the stream from node {peer} closed");
@@ -353,28 +375,39 @@ impl Context<'_> {
     }
 }
 
-fn log_event(event: &Event) {
+/// What the core did, in words for the log and for watchers, and whether it is a warning.
+fn describe_event(event: &Event) -> (String, bool) {
     match event {
         Event::LeaderChanged { leader } => match leader {
-            Some(ballot) => info!("following leader node {} (ballot {ballot})", ballot.node),
-            None => info!("no leader"),
+            Some(ballot) => (
+                format!("following leader node {} (ballot {ballot})", ballot.node),
+                false,
+            ),
+            None => ("no leader".to_string(), false),
         },
-        Event::ElectionStarted { ballot } => info!("starting election with ballot {ballot}"),
-        Event::BecameLeader { ballot, reproposed } => {
-            info!("became leader with ballot {ballot}, re-proposing {reproposed} slots")
+        Event::ElectionStarted { ballot } => {
+            (format!("starting election with ballot {ballot}"), false)
         }
+        Event::BecameLeader { ballot, reproposed } => (
+            format!("became leader with ballot {ballot}, re-proposing {reproposed} slots"),
+            false,
+        ),
         Event::SteppedDown { ballot, higher } => match higher {
-            Some(higher) => info!("stepped down from ballot {ballot}: saw ballot {higher}"),
-            None => info!("stepped down from ballot {ballot}"),
+            Some(higher) => (
+                format!("stepped down from ballot {ballot}: saw ballot {higher}"),
+                false,
+            ),
+            None => (format!("stepped down from ballot {ballot}"), false),
         },
-        Event::CaughtUp { peer, from, to } => {
-            info!("caught up blocks {from}..={to} from node {peer}")
-        }
+        Event::CaughtUp { peer, from, to } => (
+            format!("caught up blocks {from}..={to} from node {peer}"),
+            false,
+        ),
         Event::ChainRejected { peer, error } => {
-            warn!("refused blocks from node {peer}: {error}")
+            (format!("refused blocks from node {peer}: {error}"), true)
         }
         Event::MessageRejected { from, kind, reason } => {
-            warn!("dropped {kind} from node {from}: {reason}")
+            (format!("dropped {kind} from node {from}: {reason}"), true)
         }
     }
 }

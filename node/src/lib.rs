@@ -18,5 +18,6 @@ pub mod links;
 pub mod options;
 pub mod service;
 pub mod storage;
+pub mod telemetry;
 pub mod transport;
 pub mod wal;

@@ -33,6 +33,11 @@ pub struct Options {
     #[arg(long, env = "BENMO_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
 
+    /// Address to serve Prometheus metrics on, at /metrics (default: the client address's host,
+    /// on the client port + 2000).
+    #[arg(long, env = "BENMO_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// The cluster's secrets (made by `benmoctl secrets init`, `benmoctl local up` or `docker
     /// compose up`): with them, peers talk over mutual TLS, faults need the operator token, and
     /// transfers must be signed by the account they debit. Without them the node runs open, and
@@ -103,6 +108,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Where to serve peers.
     pub peer_listen: SocketAddr,
+    /// Where to serve metrics.
+    pub metrics_listen: SocketAddr,
     /// The cluster's secrets, if the node runs secure.
     pub secrets: Option<PathBuf>,
     /// The data directory.
@@ -116,6 +123,9 @@ pub struct Settings {
     /// Sleep after every fsync (tests only).
     pub fsync_delay: Duration,
 }
+
+/// The default metrics port is the client port plus this.
+pub const METRICS_PORT_OFFSET: u16 = 2_000;
 
 /// The shortest heartbeat interval accepted.
 pub const HEARTBEAT_MS_MIN: u64 = 5;
@@ -200,11 +210,27 @@ impl Options {
                 SocketAddr::new(listen.ip(), port)
             }
         };
+        let metrics_listen = match self.metrics_listen {
+            Some(address) => address,
+            None => {
+                let port = listen
+                    .port()
+                    .checked_add(METRICS_PORT_OFFSET)
+                    .with_context(|| {
+                        format!(
+                            "no metrics port above client port {}; pass --metrics-listen",
+                            listen.port()
+                        )
+                    })?;
+                SocketAddr::new(listen.ip(), port)
+            }
+        };
         Ok(Settings {
             core,
             cluster: self.cluster.clone(),
             listen,
             peer_listen,
+            metrics_listen,
             secrets: self.secrets.clone(),
             data_dir: self
                 .data_dir

@@ -26,6 +26,7 @@ use crate::host::{Host, TransferResult};
 use crate::links::{Direction, Links};
 use crate::options::Settings;
 use crate::storage::{ChainReader, Identity, SledStorage};
+use crate::telemetry::Telemetry;
 use crate::transport::{Transport, CATCH_UP_BLOCKS_MAX, PEER_MESSAGE_BYTES_MAX};
 use benmo::secrets::Secrets;
 use benmo::signing::SignatureError;
@@ -40,6 +41,14 @@ const CHAIN_CHUNK_BLOCKS: usize = 16;
 /// Blocks a chain stream holds for a slow reader beyond the chunk being sent. With the chunk, a
 /// reader holds at most 24 blocks (about 5 MiB at the largest batch) of the node's memory.
 const CHAIN_STREAM_BUFFER_BLOCKS: usize = 8;
+/// How often a watched node checks its status for changes.
+const WATCH_STATUS_EVERY: Duration = Duration::from_millis(50);
+/// A watched node sends its status at least this often, changed or not.
+const WATCH_STATUS_QUIET_MAX: Duration = Duration::from_secs(1);
+/// How often an unwatched node reads its status, for the metrics' gauges.
+const METRICS_STATUS_EVERY: Duration = Duration::from_millis(500);
+/// Events buffered per watcher's connection beyond the node's shared buffer.
+const WATCH_STREAM_BUFFER: usize = 256;
 /// Client chain streams served at once; more are refused with RESOURCE_EXHAUSTED.
 const CHAIN_READERS_MAX: usize = 16;
 /// A chain reader that takes no block for this long is dropped, and frees its place.
@@ -62,6 +71,8 @@ struct Node {
     secrets: Option<Arc<Secrets>>,
     /// Places for client chain streams.
     chain_readers: Arc<tokio::sync::Semaphore>,
+    /// Metrics and watch events.
+    telemetry: Arc<Telemetry>,
 }
 
 /// The largest client request: a Transfer, a read or a fault (nothing a client sends is large).
@@ -261,18 +272,92 @@ impl PeerService for Node {
     }
 }
 
-fn transfer_status(error: ProposeError) -> Status {
-    let message = error.to_string();
-    match error {
-        ProposeError::Invalid(_) => Status::invalid_argument(message),
-        ProposeError::IdConflict { .. } => Status::already_exists(message),
-        ProposeError::Busy { .. } => Status::resource_exhausted(message),
+impl Node {
+    /// This node's status now.
+    async fn status_reply(&self) -> Result<proto::StatusReply, Status> {
+        let (sender, receiver) = oneshot::channel();
+        self.core
+            .send(Command::Status(sender))
+            .map_err(|_| overloaded())?;
+        let status = answer(receiver).await?;
+        let core = status.core;
+        let role = match core.role {
+            RoleName::Follower => proto::Role::Follower,
+            RoleName::Candidate => proto::Role::Candidate,
+            RoleName::Leader => proto::Role::Leader,
+        };
+        Ok(proto::StatusReply {
+            node: core.id,
+            nodes: status.nodes,
+            role: role as i32,
+            leader: core.leader.map(proto::Ballot::from),
+            ballot: Some(core.ballot.into()),
+            promised: Some(core.promised.into()),
+            quorum_connected: core.quorum_connected,
+            height: core.height,
+            head_hash: core.head_hash.0.to_vec(),
+            pending: core.pending as u32,
+            in_flight: core.in_flight as u32,
+            cut_outgoing: self.links.cut_outgoing(),
+            cut_incoming: self.links.cut_incoming(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            genesis_hash: status.genesis_hash.0.to_vec(),
+            genesis_balance: status.genesis_balance,
+            cpu_time_us: process_cpu_time_us(),
+            secure: self.secrets.is_some(),
+            signed_transfers: self.secrets.is_some(),
+        })
+    }
+
+    /// Feeds the status gauges, and watchers with the status whenever it changes (at most every
+    /// [`WATCH_STATUS_EVERY`], at least every [`WATCH_STATUS_QUIET_MAX`]). Runs until the process
+    /// ends.
+    async fn publish_status(self) {
+        let mut last: Option<(proto::StatusReply, Instant)> = None;
+        loop {
+            let every = if self.telemetry.watched() {
+                WATCH_STATUS_EVERY
+            } else {
+                METRICS_STATUS_EVERY
+            };
+            tokio::time::sleep(every).await;
+            let Ok(status) = self.status_reply().await else {
+                continue;
+            };
+            self.telemetry.status(&status);
+            if !self.telemetry.watched() {
+                last = None;
+                continue;
+            }
+            let changed = last.as_ref().is_none_or(|(previous, at)| {
+                at.elapsed() >= WATCH_STATUS_QUIET_MAX || !same_view(previous, &status)
+            });
+            if changed {
+                self.telemetry
+                    .publish(proto::watch_event::Kind::Status(status.clone()));
+                last = Some((status, Instant::now()));
+            }
+        }
     }
 }
 
-#[tonic::async_trait]
-impl LedgerService for Node {
-    async fn transfer(
+/// Whether two statuses show the same view (uptime and CPU time aside).
+fn same_view(a: &proto::StatusReply, b: &proto::StatusReply) -> bool {
+    a.role == b.role
+        && a.leader == b.leader
+        && a.ballot == b.ballot
+        && a.promised == b.promised
+        && a.quorum_connected == b.quorum_connected
+        && a.height == b.height
+        && a.pending == b.pending
+        && a.in_flight == b.in_flight
+        && a.cut_outgoing == b.cut_outgoing
+        && a.cut_incoming == b.cut_incoming
+}
+
+impl Node {
+    /// Takes a client's transfer: checks it, hands it to the core, waits for its commit.
+    async fn take_transfer(
         &self,
         request: Request<proto::TransferRequest>,
     ) -> Result<Response<proto::TransferReply>, Status> {
@@ -351,43 +436,55 @@ impl LedgerService for Node {
             result: Some(result),
         }))
     }
+}
+
+fn transfer_status(error: ProposeError) -> Status {
+    let message = error.to_string();
+    match error {
+        ProposeError::Invalid(_) => Status::invalid_argument(message),
+        ProposeError::IdConflict { .. } => Status::already_exists(message),
+        ProposeError::Busy { .. } => Status::resource_exhausted(message),
+    }
+}
+
+#[tonic::async_trait]
+impl LedgerService for Node {
+    async fn transfer(
+        &self,
+        request: Request<proto::TransferRequest>,
+    ) -> Result<Response<proto::TransferReply>, Status> {
+        let started = Instant::now();
+        let result = self.take_transfer(request).await;
+        use proto::outcome::Kind as OutcomeKind;
+        use proto::transfer_reply::Result as Reply;
+        let committed = match &result {
+            Ok(reply) => match &reply.get_ref().result {
+                Some(Reply::Committed(committed)) => Some(!matches!(
+                    committed
+                        .outcome
+                        .as_ref()
+                        .and_then(|outcome| outcome.kind.as_ref()),
+                    Some(OutcomeKind::Rejected(_))
+                )),
+                _ => None,
+            },
+            Err(status) => match status.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Internal => None,
+                _ => Some(false),
+            },
+        };
+        self.telemetry.transfer_done(committed, started.elapsed());
+        result
+    }
 
     async fn status(
         &self,
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusReply>, Status> {
-        let (sender, receiver) = oneshot::channel();
-        self.core
-            .send(Command::Status(sender))
-            .map_err(|_| overloaded())?;
-        let status = answer(receiver).await?;
-        let core = status.core;
-        let role = match core.role {
-            RoleName::Follower => proto::Role::Follower,
-            RoleName::Candidate => proto::Role::Candidate,
-            RoleName::Leader => proto::Role::Leader,
-        };
-        Ok(Response::new(proto::StatusReply {
-            node: core.id,
-            nodes: status.nodes,
-            role: role as i32,
-            leader: core.leader.map(proto::Ballot::from),
-            ballot: Some(core.ballot.into()),
-            promised: Some(core.promised.into()),
-            quorum_connected: core.quorum_connected,
-            height: core.height,
-            head_hash: core.head_hash.0.to_vec(),
-            pending: core.pending as u32,
-            in_flight: core.in_flight as u32,
-            cut_outgoing: self.links.cut_outgoing(),
-            cut_incoming: self.links.cut_incoming(),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
-            genesis_hash: status.genesis_hash.0.to_vec(),
-            genesis_balance: status.genesis_balance,
-            cpu_time_us: process_cpu_time_us(),
-            secure: self.secrets.is_some(),
-            signed_transfers: self.secrets.is_some(),
-        }))
+        self.status_reply().await.map(Response::new)
     }
 
     async fn balances(
@@ -444,6 +541,57 @@ impl LedgerService for Node {
             None,
             Some(place),
         )))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        _request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        // Subscribed before the first status is read, so no change falls in between.
+        let mut events = self.telemetry.subscribe();
+        let first = self.status_reply().await?;
+        let (sender, receiver) = mpsc::channel(WATCH_STREAM_BUFFER);
+        let node = self.clone();
+        tokio::spawn(async move {
+            let event = |kind| proto::WatchEvent {
+                unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |elapsed| elapsed.as_millis() as u64),
+                kind: Some(kind),
+            };
+            if sender
+                .send(Ok(event(proto::watch_event::Kind::Status(first))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                let next = match events.recv().await {
+                    Ok(next) => next,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                        if sender
+                            .send(Ok(event(proto::watch_event::Kind::Dropped(lost))))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        match node.status_reply().await {
+                            Ok(status) => event(proto::watch_event::Kind::Status(status)),
+                            Err(_) => continue,
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if sender.send(Ok(next)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
     async fn pending(
@@ -674,6 +822,11 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen for peers on {}", settings.peer_listen))?;
 
+    let metrics_listener = bind(settings.metrics_listen)
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", settings.metrics_listen))?;
+
+    let telemetry = Telemetry::new(core_config.id, core_config.nodes);
     let links = Arc::new(Links::default());
     let (core, commands) = core_loop::channel();
     let transport = Transport::start(
@@ -683,6 +836,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         secrets.as_deref(),
         links.clone(),
         core.clone(),
+        telemetry.clone(),
     )?;
     let node = Node {
         id: core_config.id,
@@ -695,15 +849,18 @@ pub async fn serve(settings: Settings) -> Result<()> {
         transfer_timeout: settings.transfer_timeout,
         secrets: secrets.clone(),
         chain_readers: Arc::new(tokio::sync::Semaphore::new(CHAIN_READERS_MAX)),
+        telemetry: telemetry.clone(),
     };
+    tokio::spawn(node.clone().publish_status());
+    tokio::spawn(telemetry.clone().publish_message_counts());
     let writer = WriterOptions {
         fsync_delay: settings.fsync_delay,
     };
-    let (writes, written) =
-        core_loop::start_writer(storage, writer).context("cannot start the writer thread")?;
+    let (writes, written) = core_loop::start_writer(storage, writer, telemetry.clone())
+        .context("cannot start the writer thread")?;
     let core_task = tokio::spawn(core_loop::run(
         Host::new(replica),
-        NodeEnvironment::new(transport, writes),
+        NodeEnvironment::new(transport, writes, telemetry.clone()),
         commands,
         written,
         settings.heartbeat,
@@ -729,12 +886,13 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .context("cannot build the reflection service")?;
 
     info!(
-        "node {} of {} serving clients on {} and peers on {} ({}); data in {}; chain height {height}, {pending} pending; genesis {}",
+        "node {} of {} serving clients on {}, peers on {} ({}) and metrics on http://{}/metrics; data in {}; chain height {height}, {pending} pending; genesis {}",
         core_config.id,
         core_config.nodes,
         settings.listen,
         settings.peer_listen,
         if secrets.is_some() { "mutual TLS" } else { "open" },
+        settings.metrics_listen,
         settings.data_dir.display(),
         &genesis_hash.to_hex()[..12]
     );
@@ -755,7 +913,11 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .serve_with_incoming(
             tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
         );
+    let counted = telemetry.clone();
     let clients = tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(move |inner| {
+            crate::telemetry::CountRequests::new(inner, counted.clone())
+        }))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -768,9 +930,11 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .serve_with_incoming(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         );
+    let metrics = crate::telemetry::serve_metrics(metrics_listener, telemetry);
     tokio::try_join!(
         async { peers.await.context("the peer gRPC server failed") },
         async { clients.await.context("the client gRPC server failed") },
+        async { metrics.await.context("the metrics server failed") },
     )?;
     Ok(())
 }

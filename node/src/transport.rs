@@ -25,6 +25,7 @@ use tracing::debug;
 
 use crate::core_loop::{Command, CoreHandle};
 use crate::links::Links;
+use crate::telemetry::{Kind, Telemetry};
 
 /// The most blocks asked for in one catch-up fetch.
 pub const CATCH_UP_BLOCKS_MAX: u32 = 256;
@@ -49,6 +50,7 @@ enum Outbound {
 /// Hands outgoing traffic to one task per peer. Cheap to call from the core loop: it never blocks.
 pub struct Transport {
     queues: BTreeMap<NodeId, mpsc::Sender<Outbound>>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Transport {
@@ -60,6 +62,7 @@ impl Transport {
         secrets: Option<&Secrets>,
         links: Arc<Links>,
         core: CoreHandle,
+        telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<Transport> {
         let mut queues = BTreeMap::new();
         let identity = match secrets {
@@ -95,11 +98,12 @@ impl Transport {
                 genesis_hash,
                 links: links.clone(),
                 core: core.clone(),
+                telemetry: telemetry.clone(),
             };
             tokio::spawn(peer_sender.run(receiver));
             queues.insert(peer, sender);
         }
-        Ok(Transport { queues })
+        Ok(Transport { queues, telemetry })
     }
 
     /// Sends `messages` to `peer` as one frame (or drops them if the peer's queue is full).
@@ -114,8 +118,12 @@ impl Transport {
 
     fn enqueue(&self, peer: NodeId, outbound: Outbound) {
         if let Some(queue) = self.queues.get(&peer) {
-            if queue.try_send(outbound).is_err() {
+            if let Err(error) = queue.try_send(outbound) {
                 debug!("queue to node {peer} is full; dropping a frame");
+                match error.into_inner() {
+                    Outbound::Frame(messages) => self.telemetry.failed_messages(peer, &messages),
+                    Outbound::Fetch(_) => self.telemetry.failed(peer, Kind::Fetch, 1),
+                }
             }
         }
     }
@@ -129,6 +137,7 @@ struct PeerSender {
     genesis_hash: Hash,
     links: Arc<Links>,
     core: CoreHandle,
+    telemetry: Arc<Telemetry>,
 }
 
 impl PeerSender {
@@ -138,13 +147,16 @@ impl PeerSender {
             match outbound {
                 Outbound::Fetch(from) => {
                     if self.links.sends_to(self.peer) {
+                        self.telemetry.fetch_sent(self.peer);
                         tokio::spawn(self.clone().fetch(from));
                     } else {
+                        self.telemetry.failed(self.peer, Kind::Fetch, 1);
                         self.deliver_blocks(Vec::new());
                     }
                 }
                 Outbound::Frame(messages) => {
                     if !self.links.sends_to(self.peer) {
+                        self.telemetry.failed_messages(self.peer, &messages);
                         continue;
                     }
                     let open = stream.as_ref().filter(|stream| !stream.is_closed());
@@ -154,6 +166,7 @@ impl PeerSender {
                     };
                     if sender.try_send(convert::frame(&messages)).is_err() {
                         debug!("stream to node {} is full; dropping a frame", self.peer);
+                        self.telemetry.failed_messages(self.peer, &messages);
                     }
                 }
             }

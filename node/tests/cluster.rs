@@ -252,7 +252,10 @@ async fn a_restarted_node_catches_up_and_verify_passes() {
     assert!(verify
         .err
         .contains(&format!("node {follower} is unreachable")));
-    let height = cluster.transfer(leader, follower, 1).await["height"]
+    // The load may have drained any account, so the richest one pays.
+    let (_, list) = balances(&cluster, leader).await;
+    let richest = (1..=3u32).max_by_key(|id| list[*id as usize - 1]).unwrap();
+    let height = cluster.transfer(richest, richest % 3 + 1, 1).await["height"]
         .as_u64()
         .unwrap();
     cluster.spawn(follower);
@@ -872,4 +875,137 @@ async fn a_slow_disk_does_not_make_leadership_flap() {
         elections_before,
         "no election during the load run"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_a_cut_link_and_a_leader_change() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = leader % 3 + 1;
+    let text = cluster.metrics(leader);
+    for name in [
+        "benmo_is_leader",
+        "benmo_has_leader",
+        "benmo_leader_changes_total",
+        "benmo_ballot_round",
+        "benmo_decided_height",
+        "benmo_applied_height",
+        "benmo_pending_transfers",
+        "benmo_commit_latency_seconds_bucket",
+        "benmo_flush_seconds_bucket",
+        "benmo_peer_messages_sent_total",
+        "benmo_peer_messages_received_total",
+        "benmo_peer_heartbeat_rtt_seconds_bucket",
+        "benmo_grpc_requests_total",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    cluster.transfer(1, 2, 1).await;
+    let committed = "benmo_transfers_total{outcome=\"committed\"}";
+    let served: f64 = (1..=3).map(|node| cluster.metric(node, committed)).sum();
+    assert_eq!(served, 1.0);
+
+    // A severed link shows in the sender's failure counters.
+    let failed =
+        format!("benmo_peer_messages_failed_total{{peer=\"{follower}\",kind=\"heartbeat\"}}");
+    assert_eq!(cluster.metric(leader, &failed), 0.0);
+    let run = cluster
+        .ctl(&["sever", &leader.to_string(), &follower.to_string()])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let started = Instant::now();
+    while cluster.metric(leader, &failed) == 0.0 {
+        assert!(started.elapsed() < PATIENCE, "no failed heartbeat counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = cluster.ctl(&["heal", "--all"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    // The cut may have moved leadership: the crash below is aimed at the node whose own gauge
+    // says it leads (a node others name may still be finishing its Phase 1).
+    let started = Instant::now();
+    let leader = loop {
+        if let Some(node) = (1..=3).find(|node| cluster.metric(*node, "benmo_is_leader") == 1.0) {
+            break node;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no node's gauge says it leads"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // A leader crash shows in the survivors' leader-change counters and the new leader's gauge.
+    let changes = "benmo_leader_changes_total";
+    let survivors: Vec<u32> = (1..=3).filter(|node| *node != leader).collect();
+    let before: Vec<f64> = survivors
+        .iter()
+        .map(|node| cluster.metric(*node, changes))
+        .collect();
+    let run = cluster.ctl(&["crash", &leader.to_string()]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    cluster.reap(leader);
+    let status = cluster
+        .wait_until("a new leader", |nodes| {
+            support::leader(nodes).is_some_and(|new| new != leader)
+        })
+        .await;
+    let new_leader = support::leader(&status).unwrap();
+    let started = Instant::now();
+    while cluster.metric(new_leader, "benmo_is_leader") != 1.0 {
+        assert!(started.elapsed() < PATIENCE, "is_leader never set");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (node, before) in survivors.iter().zip(before) {
+        assert!(cluster.metric(*node, changes) > before, "node {node}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_status_changes_blocks_messages_and_notes_live() {
+    use benmo::proto;
+    use benmo::proto::watch_event::Kind;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = leader % 3 + 1;
+    let channel = benmo::dial::channel(&cluster.address(leader), Duration::from_secs(1), None)
+        .expect("an address");
+    let mut events = proto::ledger_service_client::LedgerServiceClient::new(channel)
+        .watch(proto::WatchRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    async fn next(events: &mut tonic::Streaming<proto::WatchEvent>) -> proto::WatchEvent {
+        tokio::time::timeout(PATIENCE, events.message())
+            .await
+            .expect("an event in time")
+            .expect("a live stream")
+            .expect("not ended")
+    }
+    let first = next(&mut events).await;
+    let Some(Kind::Status(status)) = first.kind else {
+        panic!("the first event is the status: {first:?}");
+    };
+    assert_eq!(status.node, leader);
+    assert!(first.unix_ms > 0);
+
+    let run = cluster
+        .ctl(&["sever", &leader.to_string(), &follower.to_string()])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let committed = cluster.transfer(1, 2, 1).await;
+    let height = committed["height"].as_u64().unwrap();
+    let (mut saw_cut, mut saw_block, mut saw_messages) = (false, false, false);
+    while !(saw_cut && saw_block && saw_messages) {
+        match next(&mut events).await.kind.expect("a kind") {
+            Kind::Status(status) => saw_cut |= status.cut_outgoing.contains(&follower),
+            Kind::Block(block) => saw_block |= block.height == height && block.transfers >= 1,
+            Kind::Messages(counts) => {
+                saw_messages |= counts.counts.iter().any(|count| count.count > 0);
+                assert_eq!(counts.window_ms, 100);
+            }
+            Kind::Note(_) | Kind::Dropped(_) => {}
+        }
+    }
+    let run = cluster.ctl(&["heal", "--all"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
 }

@@ -47,19 +47,28 @@ pub struct Cluster {
     flags: Vec<String>,
 }
 
-/// `count` client ports, each with its peer port (client port + 1000) free as well.
+/// `count` client ports, each with its peer port (client port + 1000) and metrics port (client
+/// port + 2000) free as well.
 pub fn free_ports(count: u32) -> Vec<u16> {
     let mut held = Vec::new();
     let mut ports = Vec::new();
     while ports.len() < count as usize {
         let client = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let port = client.local_addr().expect("address").port();
-        let Some(peer_port) = port.checked_add(benmo::cluster::PEER_PORT_OFFSET) else {
-            continue;
-        };
-        if let Ok(peer) = TcpListener::bind(("127.0.0.1", peer_port)) {
+        let offsets = [
+            benmo::cluster::PEER_PORT_OFFSET,
+            benmo_node::options::METRICS_PORT_OFFSET,
+        ];
+        let others: Option<Vec<TcpListener>> = offsets
+            .iter()
+            .map(|offset| {
+                let other = port.checked_add(*offset)?;
+                TcpListener::bind(("127.0.0.1", other)).ok()
+            })
+            .collect();
+        if let Some(others) = others {
             ports.push(port);
-            held.push((client, peer));
+            held.push((client, others));
         }
     }
     ports
@@ -164,6 +173,44 @@ impl Cluster {
             command.arg("--secrets").arg(secrets);
         }
         command
+    }
+
+    /// Node `id`'s metrics, as a scrape returns them.
+    pub fn metrics(&self, id: u32) -> String {
+        use std::io::{Read, Write};
+        let port: u16 = self
+            .address(id)
+            .rsplit_once(':')
+            .expect("host:port")
+            .1
+            .parse()
+            .expect("port");
+        let port = port + benmo_node::options::METRICS_PORT_OFFSET;
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics port answers");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a timeout");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the response");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
+    /// The value of the metric line that starts with `name` (name and labels) in node `id`'s
+    /// metrics, 0 if there is none yet.
+    pub fn metric(&self, id: u32, name: &str) -> f64 {
+        self.metrics(id)
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("a number"))
     }
 
     pub fn address(&self, id: u32) -> String {
