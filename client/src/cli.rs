@@ -99,6 +99,11 @@ pub enum Command {
     },
     /// Load the cluster with concurrent clients; prints throughput and latency percentiles.
     Bench(BenchArgs),
+    /// Serve a live web page of the cluster: nodes, links, messages, chain, safety, and buttons
+    /// for transfers and faults.
+    ///
+    /// Example: `benmoctl dashboard`, then open http://127.0.0.1:8080
+    Dashboard(DashboardArgs),
     /// Run a cluster of local processes on 127.0.0.1 (no Docker needed).
     #[command(subcommand)]
     Local(LocalCommand),
@@ -190,6 +195,25 @@ pub struct BenchArgs {
     /// "docker compose start node{node}".
     #[arg(long)]
     pub restart_command: Option<String>,
+}
+
+/// `dashboard`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct DashboardArgs {
+    /// Where the page is served.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "BENMO_DASHBOARD_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    /// The folder of a `benmoctl local up` cluster: with it the page restarts crashed nodes
+    /// itself (default: ./benmo-local, if it is there).
+    #[arg(long)]
+    pub local_dir: Option<PathBuf>,
+    /// What the page tells the user to type to bring a crashed node back when it cannot do it
+    /// itself ({node} is replaced by the node's id).
+    #[arg(long, default_value = "docker compose start node{node}")]
+    pub restart_hint: String,
+    /// Each node's Prometheus metrics are on its gRPC host, at its gRPC port plus this.
+    #[arg(long, default_value_t = 2000)]
+    pub metrics_port_offset: u16,
 }
 
 /// `local`'s subcommands.

@@ -4,6 +4,7 @@
 mod balances;
 mod bench;
 mod chain;
+mod dashboard;
 mod faults;
 mod local;
 mod log;
@@ -198,6 +199,7 @@ async fn run_command(context: &Context, command: Command, terminal: &mut Termina
         Command::Heal(arguments) => faults::heal(context, arguments, terminal).await,
         Command::Partition { groups } => faults::partition(context, &groups, terminal).await,
         Command::Bench(arguments) => bench::run(context, arguments, terminal).await,
+        Command::Dashboard(arguments) => dashboard::run(context, arguments, terminal).await,
         Command::Local(LocalCommand::Up(local)) => local::up(context, &local, terminal).await,
         Command::Local(LocalCommand::Start { node, local }) => {
             local::start(context, node, &local, terminal).await
