@@ -23,6 +23,10 @@ struct Compose {
     project: String,
     file: PathBuf,
     ports: Vec<u16>,
+    /// Each node's published metrics port.
+    metrics_ports: Vec<u16>,
+    /// Where the dashboard is published.
+    dashboard_port: u16,
     /// The secrets the compose project's `secrets` service makes (a folder of this test's own).
     secrets: tempfile::TempDir,
     target: Target,
@@ -54,14 +58,17 @@ impl Compose {
             "NO DOCKER ENGINE ANSWERS: the end-to-end tests cannot run here.\n{}",
             String::from_utf8_lossy(&engine.stderr)
         );
-        let ports: Vec<u16> = (0..NODES)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|listener| listener.local_addr())
-                    .expect("a free port")
-                    .port()
-            })
+        // All held at once, so no two are the same.
+        let held: Vec<std::net::TcpListener> = (0..2 * NODES + 1)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
             .collect();
+        let mut free = held
+            .iter()
+            .map(|listener| listener.local_addr().expect("an address").port());
+        let ports: Vec<u16> = free.by_ref().take(NODES as usize).collect();
+        let metrics_ports: Vec<u16> = free.by_ref().take(NODES as usize).collect();
+        let dashboard_port = free.next().expect("a port");
+        drop(held);
         let list = ports
             .iter()
             .enumerate()
@@ -77,6 +84,8 @@ impl Compose {
             project: format!("benmo-e2e-{}", std::process::id()),
             file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml"),
             ports,
+            metrics_ports,
+            dashboard_port,
             secrets,
             target,
         };
@@ -94,6 +103,13 @@ impl Compose {
         for (index, port) in self.ports.iter().enumerate() {
             command.env(format!("BENMO_PORT_{}", index + 1), port.to_string());
         }
+        for (index, port) in self.metrics_ports.iter().enumerate() {
+            command.env(
+                format!("BENMO_METRICS_PORT_{}", index + 1),
+                port.to_string(),
+            );
+        }
+        command.env("BENMO_DASHBOARD_PORT", self.dashboard_port.to_string());
         command.env("BENMO_SECRETS_DIR", self.secrets.path());
         command
     }
@@ -166,6 +182,32 @@ impl Drop for Compose {
     }
 }
 
+/// A plain HTTP GET on loopback; the response's body. The containers publish their ports as
+/// soon as they run, so the first answer may take a moment.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    loop {
+        let answer = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        });
+        match answer {
+            Ok(response) if response.starts_with("HTTP/1.") && response.contains(" 200 ") => {
+                return response;
+            }
+            answer => assert!(
+                started.elapsed() < PATIENCE,
+                "GET 127.0.0.1:{port}{path}: {answer:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Docker and the benmo image: run scripts/e2e"]
 async fn containers_survive_cuts_and_kills_and_lose_nothing() {
@@ -179,6 +221,13 @@ async fn containers_survive_cuts_and_kills_and_lose_nothing() {
         nodes.iter().all(|node| node["secure"] == true),
         "compose runs secure by default: {nodes:#?}"
     );
+    // The metrics and the dashboard are published on loopback.
+    for port in &compose.metrics_ports {
+        let metrics = http_get(*port, "/metrics");
+        assert!(metrics.contains("benmo_has_leader 1"), "{metrics}");
+    }
+    let page = http_get(compose.dashboard_port, "/");
+    assert!(page.contains("/app.js"), "{page}");
     // Without the secrets, a caller can neither inject a fault nor move money.
     let stranger = Target {
         list: list.list.clone(),

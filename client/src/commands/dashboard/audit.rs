@@ -82,13 +82,17 @@ impl Audit {
         }
     }
 
-    fn check_block(&mut self, node: NodeId, block: &Block, rules: &Rules<'_>) -> Result<(), String> {
+    fn check_block(
+        &mut self,
+        node: NodeId,
+        block: &Block,
+        rules: &Rules<'_>,
+    ) -> Result<(), String> {
         let Some(checked) = self.nodes.get_mut(&node) else {
             let genesis = Block::genesis(rules.accounts, rules.genesis_balance);
             if block.height != 0 || block.hash != genesis.hash {
-                let problem = format!(
-                    "node {node}: chain does not start at this cluster's genesis block"
-                );
+                let problem =
+                    format!("node {node}: chain does not start at this cluster's genesis block");
                 self.nodes.insert(
                     node,
                     Checked {
@@ -249,7 +253,8 @@ pub async fn run(shared: Arc<Shared>) {
             }
             let to = status.height.min(from + BLOCKS_PER_ROUND - 1);
             // A node that does not answer now is read next round.
-            if let Ok(blocks) = super::super::chain::read(&shared.nodes, *node, from, Some(to)).await
+            if let Ok(blocks) =
+                super::super::chain::read(&shared.nodes, *node, from, Some(to)).await
             {
                 audit.check(*node, &blocks, &rules);
             }
@@ -337,7 +342,11 @@ mod tests {
         let report = audit.report(&[1, 2], &RULES);
         assert_eq!(report["ok"], false);
         assert_eq!(report["problems"][0], "node 2 and node 1 differ at block 1");
-        assert_eq!(audit.next_height(2), None, "a node found wrong is read no further");
+        assert_eq!(
+            audit.next_height(2),
+            None,
+            "a node found wrong is read no further"
+        );
     }
 
     #[test]
@@ -346,13 +355,21 @@ mod tests {
         tampered[2].entries[0].transfer.amount = 90;
         let mut audit = Audit::default();
         audit.check(1, &tampered, &RULES);
-        assert!(audit.problems[0].contains("hash of its contents"), "{:?}", audit.problems);
+        assert!(
+            audit.problems[0].contains("hash of its contents"),
+            "{:?}",
+            audit.problems
+        );
 
         let mut relinked = chain(2);
         relinked.remove(1);
         let mut audit = Audit::default();
         audit.check(1, &relinked, &RULES);
-        assert!(audit.problems[0].contains("came after"), "{:?}", audit.problems);
+        assert!(
+            audit.problems[0].contains("came after"),
+            "{:?}",
+            audit.problems
+        );
     }
 
     #[test]
@@ -366,7 +383,11 @@ mod tests {
         chain[1].hash = hash;
         let mut audit = Audit::default();
         audit.check(1, &chain, &RULES);
-        assert!(audit.problems[0].contains("below zero"), "{:?}", audit.problems);
+        assert!(
+            audit.problems[0].contains("below zero"),
+            "{:?}",
+            audit.problems
+        );
     }
 
     #[test]

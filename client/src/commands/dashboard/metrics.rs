@@ -190,9 +190,9 @@ pub async fn sample(shared: Arc<Shared>) {
             leader = now_leader;
         }
         let up = statuses.len();
-        let cut = statuses.iter().any(|(_, status)| {
-            !status.cut_outgoing.is_empty() || !status.cut_incoming.is_empty()
-        });
+        let cut = statuses
+            .iter()
+            .any(|(_, status)| !status.cut_outgoing.is_empty() || !status.cut_incoming.is_empty());
         let fault = up < shared.nodes.ids().len() || cut;
         let height = statuses.iter().map(|(_, status)| status.height).max();
         let ms = |seconds: Option<f64>| seconds.map(|seconds| seconds * 1_000.0);

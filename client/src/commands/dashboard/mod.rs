@@ -113,7 +113,9 @@ impl Hub {
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Current> {
-        self.current.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.current
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Keeps `value` as current state where it is state, and sends it to every open page.
@@ -304,7 +306,10 @@ pub async fn run(context: &Context, arguments: DashboardArgs, terminal: &mut Ter
     tokio::spawn(audit::run(shared.clone()));
 
     let app = Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
@@ -474,7 +479,9 @@ fn command_for(action: &str, body: &Value, shared: &Shared) -> Result<Vec<Comman
             id: None,
             timeout_ms: 5_000,
         })],
-        "crash" => vec![Command::Crash { node: node("node")? }],
+        "crash" => vec![Command::Crash {
+            node: node("node")?,
+        }],
         "restart" => match &shared.restart {
             Restart::Local(dir) => vec![Command::Local(LocalCommand::Start {
                 node: node("node")?,
@@ -499,7 +506,9 @@ fn command_for(action: &str, body: &Value, shared: &Shared) -> Result<Vec<Comman
             all: false,
         })],
         "preset" => {
-            let name = body["name"].as_str().ok_or("name must be a preset's name")?;
+            let name = body["name"]
+                .as_str()
+                .ok_or("name must be a preset's name")?;
             let statuses = shared.hub.statuses();
             let leader = super::route::choose(&statuses)
                 .filter(|route| route.reason == super::route::Reason::Leader)

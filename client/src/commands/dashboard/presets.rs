@@ -50,13 +50,12 @@ pub fn cuts(
                 .filter(|(a, b)| place(*a).abs_diff(place(*b)) > 1)
                 .collect()
         }
-        "isolate-leader" => pairs.filter(|(a, b)| *a == leader || *b == leader).collect(),
+        "isolate-leader" => pairs
+            .filter(|(a, b)| *a == leader || *b == leader)
+            .collect(),
         _ => {
             let known: Vec<&str> = PRESETS.iter().map(|(name, _)| *name).collect();
-            return Err(format!(
-                "no preset {name:?}; known: {}",
-                known.join(", ")
-            ));
+            return Err(format!("no preset {name:?}; known: {}", known.join(", ")));
         }
     };
     Ok(cut)
@@ -72,7 +71,9 @@ mod tests {
     }
 
     fn degree(nodes: NodeId, cut: &[(NodeId, NodeId)], node: NodeId) -> usize {
-        (1..=nodes).filter(|peer| linked(nodes, cut, node, *peer)).count()
+        (1..=nodes)
+            .filter(|peer| linked(nodes, cut, node, *peer))
+            .count()
     }
 
     #[test]
@@ -92,7 +93,11 @@ mod tests {
     fn constrained_election_isolates_the_leader_and_keeps_a_hub() {
         let cut = cuts("constrained-election", 5, Some(5)).unwrap();
         assert_eq!(degree(5, &cut, 5), 0, "the leader is cut off");
-        assert_eq!(degree(5, &cut, 1), 3, "the hub (after 5 comes 1) reaches the rest");
+        assert_eq!(
+            degree(5, &cut, 1),
+            3,
+            "the hub (after 5 comes 1) reaches the rest"
+        );
         for node in 2..=4 {
             assert_eq!(degree(5, &cut, node), 1);
         }
@@ -116,6 +121,8 @@ mod tests {
         let cut = cuts("isolate-leader", 7, None).unwrap();
         assert_eq!(cut.len(), 6);
         assert!(cut.iter().all(|(a, _)| *a == 1));
-        assert!(cuts("everything", 5, None).unwrap_err().contains("quorum-loss"));
+        assert!(cuts("everything", 5, None)
+            .unwrap_err()
+            .contains("quorum-loss"));
     }
 }

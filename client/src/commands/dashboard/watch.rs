@@ -57,7 +57,9 @@ async fn watch_once(shared: &Shared, node: NodeId, down_for: &mut Option<String>
             Err(status) => return shared.nodes.error(node, status).to_string(),
         };
         if down_for.take().is_some() {
-            shared.hub.log(node, "info", "up: watching it again".to_string());
+            shared
+                .hub
+                .log(node, "info", "up: watching it again".to_string());
         }
         match event.kind {
             Some(Kind::Status(status)) => {
@@ -75,7 +77,9 @@ async fn watch_once(shared: &Shared, node: NodeId, down_for: &mut Option<String>
                 }
             }
             Some(Kind::Messages(messages)) => {
-                shared.hub.publish("messages", messages_json(node, &messages));
+                shared
+                    .hub
+                    .publish("messages", messages_json(node, &messages));
             }
             Some(Kind::Block(_)) => shared.hub.head_moved.notify_one(),
             Some(Kind::Note(text)) => shared.hub.log(node, "info", text),
