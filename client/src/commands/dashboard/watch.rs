@@ -16,6 +16,22 @@ use crate::render;
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// How long connecting to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How often a node's event may reach the page when only its progress (height, pending) moved;
+/// a change of role, leader, ballot or links goes at once.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What of a status is more than progress.
+fn shape(status: &proto::StatusReply) -> impl PartialEq {
+    (
+        status.role,
+        status.leader,
+        status.ballot,
+        status.promised,
+        status.quorum_connected,
+        status.cut_outgoing.clone(),
+        status.cut_incoming.clone(),
+    )
+}
 
 /// Watches `node` for as long as the dashboard runs.
 pub async fn watch_node(shared: Arc<Shared>, node: NodeId) {
@@ -50,6 +66,7 @@ async fn watch_once(shared: &Shared, node: NodeId, down_for: &mut Option<String>
         Ok(response) => response.into_inner(),
         Err(status) => return shared.nodes.error(node, status).to_string(),
     };
+    let mut shown: Option<(proto::StatusReply, std::time::Instant)> = None;
     loop {
         let event = match stream.message().await {
             Ok(Some(event)) => event,
@@ -63,15 +80,25 @@ async fn watch_once(shared: &Shared, node: NodeId, down_for: &mut Option<String>
         }
         match event.kind {
             Some(Kind::Status(status)) => {
-                let value = node_json(node, &status, event.unix_ms);
                 let moved = shared
                     .hub
                     .current()
                     .statuses
                     .get(&node)
                     .is_none_or(|old| old.height != status.height);
+                let due = match &shown {
+                    None => true,
+                    Some((old, at)) => {
+                        shape(old) != shape(&status) || at.elapsed() >= PROGRESS_INTERVAL
+                    }
+                };
+                if due {
+                    shared
+                        .hub
+                        .publish("node", node_json(node, &status, event.unix_ms));
+                    shown = Some((status.clone(), std::time::Instant::now()));
+                }
                 shared.hub.set_status(node, Some(status));
-                shared.hub.publish("node", value);
                 if moved {
                     shared.hub.head_moved.notify_one();
                 }

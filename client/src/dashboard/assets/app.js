@@ -58,7 +58,6 @@
   function freshState() {
     return {
       conn: 'connecting',
-      hello: false,
       ids: [],                  // node ids, sorted
       addresses: new Map(),     // id → address
       restart: 'local',
@@ -131,7 +130,6 @@
     return (a.round - b.round) || (a.node - b.node);
   }
   function ballotHue(b) { return Math.round(((b.round * 7 + b.node * 3) * 137.508) % 360); }
-  function linkKey(a, b) { return a < b ? `${a}-${b}` : `${b}-${a}`; }
   function isUp(n) { return !!(n && n.up); }
   function fmtTime(ms) {
     if (!ms) return '--:--:--';
@@ -196,7 +194,6 @@
     const keepConn = state.conn;
     Object.assign(state, freshState());
     state.conn = keepConn;
-    state.hello = true;
     const cluster = Array.isArray(h.cluster) ? h.cluster : [];
     let ids = cluster.map(c => Number(c.id)).filter(n => n > 0);
     if (!ids.length) for (let i = 1; i <= (Number(h.nodes) || 0); i++) ids.push(i);
@@ -267,13 +264,13 @@
   }
 
   function buildRing() {
-    const links = $('links-layer'), dots = $('dots-layer'), nodes = $('nodes-layer');
-    links.replaceChildren(); dots.replaceChildren(); nodes.replaceChildren();
+    const links = $('links-layer'), dots = $('dots-layer'), handles = $('handles-layer'), nodes = $('nodes-layer');
+    for (const layer of [links, dots, handles, nodes]) layer.replaceChildren();
     ui.nodeEls.clear(); ui.linkEls.clear(); ui.pos.clear(); ui.dots = [];
     const ids = state.ids;
     ids.forEach((id, i) => ui.pos.set(id, nodePosition(i, ids.length)));
+    fitViewBox();
 
-    const handles = svg('g', { class: 'handles' });
     for (let i = 0; i < ids.length; i++) {
       for (let j = i + 1; j < ids.length; j++) {
         const l = buildLink(ids[i], ids[j]);
@@ -281,7 +278,7 @@
         handles.append(l.handle);
       }
     }
-    links.append(handles);   // handles above every line so their centres are always clickable
+    // handles sit above every line and dot so the centre of each link is always clickable
     for (let i = 0; i < MAX_DOTS; i++) {
       const c = svg('circle', { r: 3, display: 'none', class: 'dot' });
       dots.append(c);
@@ -289,6 +286,16 @@
     }
     for (const id of ids) nodes.append(buildNode(id));
     state.dirty.links = true;
+  }
+
+  // Tight viewBox around the nodes, their crowns and labels, so 3 nodes fill the space as well as 7.
+  function fitViewBox() {
+    const ps = [...ui.pos.values()];
+    if (!ps.length) return;
+    const xs = ps.map(p => p.x), ys = ps.map(p => p.y);
+    const x0 = Math.min(...xs) - 84, x1 = Math.max(...xs) + 84;
+    const y0 = Math.min(...ys) - 56, y1 = Math.max(...ys) + 68;
+    $('ring').setAttribute('viewBox', `${x0.toFixed(0)} ${y0.toFixed(0)} ${(x1 - x0).toFixed(0)} ${(y1 - y0).toFixed(0)}`);
   }
 
   function buildLink(a, b) {
@@ -307,8 +314,8 @@
       svg('circle', { class: 'knob', r: 3.2 }),
       svg('circle', { class: 'badge', r: 8.5 }),
       svg('path', { class: 'x', d: 'M-3.6,-3.6L3.6,3.6M3.6,-3.6L-3.6,3.6' }),
-      svg('path', { class: 'arrow', d: 'M-5,-4.5L1.5,0L-5,4.5Z' }),
-      svg('path', { class: 'bar', d: 'M4,-5.5L4,5.5' }));
+      svg('path', { class: 'arrow', d: 'M-7,-5.5L2,0L-7,5.5Z' }),
+      svg('path', { class: 'bar', d: 'M5,-7L5,7' }));
     const handleTitle = svg('title');
     const handle = svg('g', { class: 'handle', 'data-link': key, 'data-cut': 'none',
       transform: `translate(${mx.toFixed(1)},${my.toFixed(1)})` },
@@ -373,8 +380,11 @@
     setAttr(e.g, 'data-role', role);
     setAttr(e.g, 'data-up', isUp(n) ? 'true' : 'false');
     e.g.classList.toggle('no-quorum', isUp(n) && n.quorum_connected === false);
-    if (isUp(n) && n.ballot && n.ballot.round != null) {
-      const h = ballotHue(n.ballot);
+    // Colour = the ballot the node has promised (a follower's is its leader's), so a node that
+    // joined a new leader's Phase 1 changes colour with it.
+    const colourBallot = n && (n.promised || n.ballot);
+    if (isUp(n) && colourBallot && colourBallot.round != null) {
+      const h = ballotHue(colourBallot);
       e.body.style.fill = `hsl(${h} 55% 38%)`;
       e.body.style.stroke = `hsl(${h} 75% 66%)`;
     } else {
@@ -384,12 +394,12 @@
     if (!n) { setText(e.role, 'no data'); setText(e.stats, ''); }
     else if (!n.up) {
       setText(e.role, 'down');
-      setText(e.stats, state.restart === 'hint' ? 'restart outside the page' : 'click to restart');
+      setText(e.stats, state.restart === 'hint' ? 'click for the restart hint' : 'click to restart');
     } else {
       let roleLine = role === 'follower' && n.leader != null ? `follower of ${n.leader}` : role;
       if (n.quorum_connected === false) roleLine += ' · no quorum';
       setText(e.role, roleLine);
-      setText(e.stats, `b ${ballotText(n.ballot)} · h ${n.height ?? '–'} · p ${n.pending ?? 0}`);
+      setText(e.stats, `b ${ballotText(n.promised || n.ballot)} · h ${n.height ?? '–'} · p ${n.pending ?? 0}`);
     }
     setText(e.title, nodeTooltip(id, n));
   }
@@ -601,19 +611,20 @@
     const roleEl = p.querySelector('.np-role');
     setText(roleEl, roleOf(n));
     setAttr(roleEl, 'data-role', roleOf(n));
-    const rows = [['address', state.addresses.get(id) || '–']];
+    setText(p.querySelector('.np-address'), state.addresses.get(id) || '');
+    const rows = [];
     if (!n) rows.push(['state', 'no data yet']);
     else if (!n.up) rows.push(['reason', n.reason || 'unreachable']);
     else {
       const list = l => (Array.isArray(l) && l.length ? l.join(', ') : 'none');
-      rows.push(['leader', n.leader == null ? '–' : n.leader], ['ballot', ballotText(n.ballot)],
-        ['promised', ballotText(n.promised)], ['quorum', n.quorum_connected ? 'connected' : 'NOT connected'],
+      rows.push(['ballot', ballotText(n.ballot)], ['promised', ballotText(n.promised)],
+        ['leader', n.leader == null ? '–' : n.leader], ['quorum', n.quorum_connected ? 'yes' : 'NO'],
         ['height', n.height ?? '–'], ['head', n.head || '–'], ['pending', n.pending ?? '–'],
         ['in flight', n.in_flight ?? '–'], ['sends nothing to', list(n.cut_outgoing)],
         ['takes nothing from', list(n.cut_incoming)], ['uptime', fmtDuration(n.uptime_ms)]);
     }
     const dl = p.querySelector('.np-details');
-    dl.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: String(v) })]));
+    dl.replaceChildren(...rows.map(([k, v]) => el('div', { class: 'kv' }, el('dt', { text: k }), el('dd', { text: String(v) }))));
     const hint = p.querySelector('.np-hint');
     const showHint = n && !n.up && state.restart === 'hint';
     hint.hidden = !showHint;
@@ -676,14 +687,15 @@
     ui.crashEls.clear();
     for (const id of state.ids) {
       const crash = el('button', { type: 'button', 'data-action': 'crash-node', 'data-node': id, class: 'danger small',
-        title: `benmoctl crash ${id}`, text: `crash ${id}` });
+        title: `crash node ${id} (benmoctl crash ${id})`, text: String(id) });
       const restart = el('button', { type: 'button', 'data-action': 'restart-node', 'data-node': id, class: 'small restart',
-        title: `restart node ${id}`, text: `restart ${id}`, hidden: true });
+        title: `restart node ${id}`, text: `↻ restart ${id}`, hidden: true });
       crash.addEventListener('click', () => api('/api/crash', { node: id }));
       restart.addEventListener('click', () => api('/api/restart', { node: id }));
-      box.append(el('span', { class: 'crash-pair' }, crash, restart));
+      box.append(crash);
       ui.crashEls.set(id, { crash, restart });
     }
+    for (const e of ui.crashEls.values()) box.append(e.restart);   // restart buttons after all crash buttons
     renderCrashRow();
   }
 
@@ -697,7 +709,8 @@
       if (down && state.restart === 'hint') hints.push(`node ${id} is down — run: ${restartHintFor(id)}`);
     }
     const box = $('restart-hints');
-    setText(box, hints.join('\n'));
+    setText(box, hints.length === 1 ? hints[0] : `${hints.length} nodes down — run: ${hints.map(h => h.split('run: ')[1]).join(' ; ')}`);
+    box.title = hints.join('\n');
     box.hidden = !hints.length;
   }
 
@@ -713,7 +726,7 @@
     const n = state.ids.length ? Math.max(...state.ids) : 7;
     for (const id of ['transfer-from', 'transfer-to']) $(id).max = n;
     const chained = document.querySelector('[data-preset="chained"]');
-    const ok = state.ids.length === 3 || state.ids.length === 5;
+    const ok = !state.ids.length || state.ids.length === 3 || state.ids.length === 5;
     chained.disabled = !ok;
     chained.title = ok ? 'a line of nodes, leader at one end' : 'only for 3 or 5 nodes';
   }
@@ -941,7 +954,7 @@
     ctx.clearRect(0, 0, w, h);
     const css = getComputedStyle(document.documentElement);
     const col = name => css.getPropertyValue(name).trim();
-    const pad = { l: 44, r: 44, t: 16, b: 18 };
+    const pad = { l: 40, r: 34, t: 18, b: 16 };
     const pw = w - pad.l - pad.r, ph = h - pad.t - pad.b;
     ctx.font = '10.5px ui-monospace, Menlo, Consolas, monospace';
     const stats = state.stats;
@@ -980,6 +993,8 @@
       ctx.textAlign = 'left'; ctx.fillStyle = col('--c-p99');
       ctx.fillText(fmtMs(latMax * (1 - i / 4)), pad.l + pw + 5, yy + 3.5);
     }
+    ctx.textAlign = 'right'; ctx.fillStyle = col('--c-tps'); ctx.fillText('/s', pad.l - 5, pad.t - 5);
+    ctx.textAlign = 'left'; ctx.fillStyle = col('--c-p99'); ctx.fillText('ms', pad.l + pw + 5, pad.t - 5);
     ctx.fillStyle = col('--faint');
     for (let m = 5; m >= 0; m--) {
       ctx.textAlign = m === 5 ? 'left' : m === 0 ? 'right' : 'center';
@@ -1038,7 +1053,7 @@
           ctx.setLineDash([]); ctx.globalAlpha = 1;
           if (xx - lastLabelX > 58) {
             ctx.fillStyle = color; ctx.textAlign = xx > pad.l + 40 ? 'right' : 'left';
-            ctx.fillText(`leader → ${l}`, ctx.textAlign === 'right' ? xx - 3 : xx + 3, pad.t + 8);
+            ctx.fillText(`leader → ${l}`, ctx.textAlign === 'right' ? xx - 3 : xx + 3, pad.t + 9);
             lastLabelX = xx;
           }
         }
@@ -1062,12 +1077,18 @@
       el('span', { class: 'failed-key', text: 'red burst midway = undelivered' }));
   }
 
+  // About 30 frames a second: smooth enough for the dots, and half the painting of 60 (the page
+  // often shares a small machine with the cluster it shows).
+  const FRAME_MS = 33;
+  let lastFrame = 0;
   function frame(now) {
+    requestAnimationFrame(frame);
+    if (now - lastFrame < FRAME_MS) return;
+    lastFrame = now;
     try {
       renderDirty();
       animateDots(now);
     } catch (e) { console.error(e); }
-    requestAnimationFrame(frame);
   }
 
   function start() {
