@@ -58,16 +58,26 @@ pub enum Format {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Move money: waits for the commit and prints the block.
+    #[command(
+        after_help = "Examples:\n  benmoctl transfer --from 1 --to 3 --amount 20\n  benmoctl transfer --from 1 --to 3 --amount 20 --id rent-may   # retry safely with the same id"
+    )]
     Transfer(TransferArgs),
     /// One line per node: up or down, role, leader, ballot, height, head, pending, cut links.
+    #[command(after_help = "Example:\n  benmoctl status\n  benmoctl status --output json")]
     Status,
     /// Balances at a node's head.
+    #[command(after_help = "Example:\n  benmoctl balances --node 2")]
     Balances,
     /// Blocks of a node's chain.
+    #[command(after_help = "Example:\n  benmoctl chain --from 10 --to 20")]
     Chain(ChainArgs),
     /// Pending transfers: taken by a node, not yet in a block.
+    #[command(after_help = "Example:\n  benmoctl log --node 1")]
     Log,
     /// Fetch every node's chain and check it: hash links, agreement, conservation, signatures.
+    #[command(
+        after_help = "Examples:\n  benmoctl verify\n  benmoctl verify --allow-down   # while a node is crashed"
+    )]
     Verify {
         /// Check the nodes that answer and pass even if some are down (by default a node that
         /// cannot be checked fails the check).
@@ -75,11 +85,17 @@ pub enum Command {
         allow_down: bool,
     },
     /// Kill a node at once, as kill -9 would.
+    #[command(
+        after_help = "Example:\n  benmoctl crash 3        # then: docker compose start node3, or benmoctl local start 3"
+    )]
     Crash {
         /// The node.
         node: NodeId,
     },
     /// Cut the link between two nodes (both directions unless --one-way).
+    #[command(
+        after_help = "Examples:\n  benmoctl sever 2 4\n  benmoctl sever 2 4 --one-way   # 2 no longer reaches 4; 4 still reaches 2"
+    )]
     Sever {
         /// One end.
         a: NodeId,
@@ -90,19 +106,27 @@ pub enum Command {
         one_way: bool,
     },
     /// Restore the link between two nodes, or every link with --all.
+    #[command(after_help = "Examples:\n  benmoctl heal 2 4\n  benmoctl heal --all")]
     Heal(HealArgs),
     /// Cut every link between groups, and heal every link within them: `partition 1,2 3,4,5`.
+    #[command(
+        after_help = "Example:\n  benmoctl partition 1,2 3,4,5   # the side of three nodes keeps committing"
+    )]
     Partition {
         /// Two or more comma-separated groups of node ids.
         #[arg(required = true, num_args = 2..)]
         groups: Vec<String>,
     },
     /// Load the cluster with concurrent clients; prints throughput and latency percentiles.
+    #[command(
+        after_help = "Examples:\n  benmoctl bench --clients 64 --duration-s 10\n  benmoctl bench --failover-rounds 5 --restart-command \"benmoctl local start {node}\""
+    )]
     Bench(BenchArgs),
     /// Serve a live web page of the cluster: nodes, links, messages, chain, safety, and buttons
     /// for transfers and faults.
-    ///
-    /// Example: `benmoctl dashboard`, then open http://127.0.0.1:8080
+    #[command(
+        after_help = "Examples:\n  benmoctl dashboard                         # http://127.0.0.1:8080\n  benmoctl dashboard --listen 0.0.0.0:8080   # reachable from other machines"
+    )]
     Dashboard(DashboardArgs),
     /// Run a cluster of local processes on 127.0.0.1 (no Docker needed).
     #[command(subcommand)]
@@ -117,6 +141,7 @@ pub enum Command {
 pub enum SecretsCommand {
     /// Make the secrets of a new cluster (in --secrets, default ./benmo-secrets), unless they are
     /// there already. Private keys are readable by their owner only.
+    #[command(after_help = "Example:\n  benmoctl secrets init --nodes 3 --secrets ./my-secrets")]
     Init {
         /// The cluster's size (default: as many nodes as --cluster lists).
         #[arg(long)]
@@ -214,14 +239,22 @@ pub struct DashboardArgs {
     /// Each node's Prometheus metrics are on its gRPC host, at its gRPC port plus this.
     #[arg(long, default_value_t = 2000)]
     pub metrics_port_offset: u16,
+    /// Serve nothing: check that a dashboard answers on --listen's port, and exit 0 if it does
+    /// (for container health checks).
+    #[arg(long)]
+    pub health_check: bool,
 }
 
 /// `local`'s subcommands.
 #[derive(Subcommand, Debug)]
 pub enum LocalCommand {
     /// Start every node as a background process, with data and logs under --dir.
+    #[command(
+        after_help = "Example:\n  benmoctl local up                 # five nodes on 127.0.0.1:50051..50055\n  benmoctl --cluster 1=http://127.0.0.1:50051,2=http://127.0.0.1:50052,3=http://127.0.0.1:50053 local up"
+    )]
     Up(LocalArgs),
     /// Start one node again (after `benmoctl crash`).
+    #[command(after_help = "Example:\n  benmoctl local start 3")]
     Start {
         /// The node.
         node: NodeId,
@@ -230,6 +263,9 @@ pub enum LocalCommand {
         local: LocalArgs,
     },
     /// Stop every node of the local cluster.
+    #[command(
+        after_help = "Examples:\n  benmoctl local down\n  benmoctl local down --purge   # and delete the data"
+    )]
     Down {
         /// Also delete the data, as `docker compose down -v` does.
         #[arg(long)]
@@ -270,6 +306,25 @@ pub fn parse_amount(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_shows_an_example_in_its_help() {
+        fn check(command: &clap::Command, path: &str) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    check(sub, &path);
+                    continue;
+                }
+                let example = sub.get_after_help().map(|help| help.to_string());
+                assert!(
+                    example.as_deref().is_some_and(|help| help.contains(&path)),
+                    "`{path} --help` shows no example of `{path}`: {example:?}"
+                );
+            }
+        }
+        check(&<Cli as clap::CommandFactory>::command(), "benmoctl");
+    }
 
     #[test]
     fn amounts_must_be_positive_whole_numbers() {

@@ -254,6 +254,18 @@ async fn the_dashboard_shows_the_cluster_and_drives_it_from_a_real_browser() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
+        // What the container's health check runs: a dashboard answers here, and not elsewhere.
+        let listen = format!("127.0.0.1:{port}");
+        let check = cluster
+            .ctl(&["dashboard", "--listen", &listen, "--health-check"])
+            .await;
+        assert_eq!(check.code, 0, "{check:?}");
+        let nowhere = format!("127.0.0.1:{}", free_port());
+        let check = cluster
+            .ctl(&["dashboard", "--listen", &nowhere, "--health-check"])
+            .await;
+        assert_eq!(check.code, 4, "{check:?}");
+
         // Five nodes up, one leader, and the chain checked safe.
         let (state, _) = wait_for_page(&browser, "five nodes up with one leader", |state| {
             let nodes = state["nodes"].as_object();

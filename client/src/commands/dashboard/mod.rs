@@ -271,6 +271,9 @@ impl Shared {
 }
 
 pub async fn run(context: &Context, arguments: DashboardArgs, terminal: &mut Terminal<'_>) -> i32 {
+    if arguments.health_check {
+        return health_check(arguments.listen, terminal).await;
+    }
     let listener = match tokio::net::TcpListener::bind(arguments.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -340,6 +343,53 @@ pub async fn run(context: &Context, arguments: DashboardArgs, terminal: &mut Ter
         Err(error) => {
             let _ = writeln!(terminal.err, "error: the dashboard stopped: {error}");
             exit::FAILED
+        }
+    }
+}
+
+/// Whether a dashboard serves its page on `listen`'s port (on loopback if it listens on every
+/// address).
+async fn health_check(listen: std::net::SocketAddr, terminal: &mut Terminal<'_>) -> i32 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut address = listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let answer = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: dashboard\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), answer).await {
+        Ok(Ok(response))
+            if response.starts_with(b"HTTP/1.0 200") || response.starts_with(b"HTTP/1.1 200") =>
+        {
+            let _ = writeln!(terminal.out, "dashboard on {address}: serving");
+            exit::OK
+        }
+        Ok(Ok(response)) => {
+            let head = String::from_utf8_lossy(&response);
+            let _ = writeln!(
+                terminal.err,
+                "error: dashboard on {address} answered {:?}",
+                head.lines().next().unwrap_or("")
+            );
+            exit::FAILED
+        }
+        Ok(Err(error)) => {
+            let _ = writeln!(terminal.err, "error: no dashboard on {address}: {error}");
+            exit::UNREACHABLE
+        }
+        Err(_) => {
+            let _ = writeln!(
+                terminal.err,
+                "error: dashboard on {address} did not answer in 2 s"
+            );
+            exit::UNREACHABLE
         }
     }
 }

@@ -71,9 +71,7 @@ mod tests {
     }
 
     fn degree(nodes: NodeId, cut: &[(NodeId, NodeId)], node: NodeId) -> usize {
-        (1..=nodes)
-            .filter(|peer| linked(cut, node, *peer))
-            .count()
+        (1..=nodes).filter(|peer| linked(cut, node, *peer)).count()
     }
 
     #[test]
