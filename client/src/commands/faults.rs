@@ -91,8 +91,16 @@ pub async fn crash(context: &Context, node: NodeId, terminal: &mut Terminal<'_>)
             }
         }
     }
+    // Down means unreachable at two looks in a row: by the second, the process has been gone
+    // for a check interval, long enough for a supervisor (Docker) to have seen it exit, so a
+    // `docker compose start` typed next really starts it.
+    let mut down_looks = 0;
     for _ in 0..CRASH_CHECKS {
-        if let Ok(false) = is_up(context, node).await {
+        down_looks = match is_up(context, node).await {
+            Ok(false) => down_looks + 1,
+            _ => 0,
+        };
+        if down_looks == 2 {
             if context.format == Format::Json {
                 let _ = render::json(terminal.out, &json!({ "node": node, "crashed": true }));
             } else {
