@@ -187,6 +187,8 @@ fn main() {
     if let Ok(job) = std::env::var(BUILD_ENV) {
         let (dir, transfers) = job.rsplit_once(' ').expect("<dir> <transfers>");
         let blocks = build(Path::new(dir), transfers.parse().expect("a transfer count"));
+        let (peak, _) = memory(std::process::id());
+        eprintln!("chain writer: peak RSS {peak:.0} MiB");
         println!("{blocks}");
         return;
     }
