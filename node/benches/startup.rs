@@ -3,9 +3,10 @@
 //!     cargo bench -p benmo-node --bench startup                     # 1M transfers
 //!     BENMO_STARTUP_TRANSFERS="100000 1000000" cargo bench -p benmo-node --bench startup
 //!
-//! 10M is not in the default: the chain writer below grows by about 3.5 KB per transfer written
-//! in one process (9.5 GB at 2.7M transfers on this machine), which a running node does not
-//! show at that rate; finding where is still to do.
+//! 10M is not in the default: the chain writer below grows by about 4 KB per transfer written
+//! in one process (4.6 GB peak for 1M, 9.5 GB at 2.7M transfers on this machine; not sled's
+//! cache, whose capacity makes no difference, nor the ledger, 0.7 GB without the writes), which
+//! a running node does not show at that rate; finding where is still to do.
 //!
 //! For each size, the data directory of node 1 of a 3-node cluster is written through the node's
 //! own storage (blocks of 1,024 transfers, each write with its ledger snapshot, as the node
@@ -187,6 +188,7 @@ fn main() {
     if let Ok(job) = std::env::var(BUILD_ENV) {
         let (dir, transfers) = job.rsplit_once(' ').expect("<dir> <transfers>");
         let blocks = build(Path::new(dir), transfers.parse().expect("a transfer count"));
+        // Reported because it is far above the node's own (see above).
         let (peak, _) = memory(std::process::id());
         eprintln!("chain writer: peak RSS {peak:.0} MiB");
         println!("{blocks}");
