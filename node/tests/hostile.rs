@@ -199,6 +199,16 @@ fn forgeries() -> Vec<Message> {
     ]
 }
 
+/// Every forgery in a frame of its own, then the oversized frame.
+fn hostile_frames() -> Vec<proto::PeerFrame> {
+    let mut frames: Vec<proto::PeerFrame> = forgeries()
+        .iter()
+        .map(|forgery| benmo::convert::frame(std::slice::from_ref(forgery)))
+        .collect();
+    frames.push(oversized_frame());
+    frames
+}
+
 /// A frame above the peer message limit (64 MiB): one Forward of a transfer with a huge id.
 fn oversized_frame() -> proto::PeerFrame {
     proto::PeerFrame {
@@ -250,11 +260,7 @@ async fn strangers_and_impostors_on_the_peer_port_are_refused_before_their_messa
         ),
     ];
     for (who, channel) in strangers {
-        let mut frames: Vec<proto::PeerFrame> = forgeries()
-            .iter()
-            .map(|forgery| benmo::convert::frame(std::slice::from_ref(forgery)))
-            .collect();
-        frames.push(oversized_frame());
+        let frames = hostile_frames();
         for frame in frames {
             let refusal = send_as_peer(channel.clone(), claimed, scene.genesis, frame).await;
             assert_ne!(refusal.code(), Code::Ok, "{who}: {refusal:?}");
@@ -268,11 +274,7 @@ async fn strangers_and_impostors_on_the_peer_port_are_refused_before_their_messa
         &scene.peer_address(victim, true),
         Some(scene.tls(victim, Some(scene.secrets.node_identity(liar).unwrap()))),
     );
-    let mut frames: Vec<proto::PeerFrame> = forgeries()
-        .iter()
-        .map(|forgery| benmo::convert::frame(std::slice::from_ref(forgery)))
-        .collect();
-    frames.push(oversized_frame());
+    let frames = hostile_frames();
     for frame in frames {
         let refusal = send_as_peer(impostor.clone(), claimed, scene.genesis, frame).await;
         assert_eq!(refusal.code(), Code::PermissionDenied, "{refusal:?}");

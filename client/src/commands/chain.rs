@@ -1,7 +1,7 @@
 //! `benmoctl chain`: a node's blocks.
 
 use benmo::proto;
-use benmo_paxos::Block;
+use benmo_paxos::{Block, Entry};
 use serde_json::{json, Value};
 
 use super::Context;
@@ -43,21 +43,20 @@ pub async fn read(
     Ok(blocks)
 }
 
+/// A block's entry (a transfer and its outcome) as JSON with stable field names.
+pub fn entry_json(entry: &Entry) -> Value {
+    json!({
+        "id": entry.transfer.id.as_str(),
+        "from": entry.transfer.from,
+        "to": entry.transfer.to,
+        "amount": entry.transfer.amount,
+        "outcome": render::outcome_json(Some((&entry.outcome).into())),
+    })
+}
+
 /// A block as JSON with stable field names.
 pub fn block_json(block: &Block) -> Value {
-    let transfers: Vec<Value> = block
-        .entries
-        .iter()
-        .map(|entry| {
-            json!({
-                "id": entry.transfer.id.as_str(),
-                "from": entry.transfer.from,
-                "to": entry.transfer.to,
-                "amount": entry.transfer.amount,
-                "outcome": render::outcome_json(Some((&entry.outcome).into())),
-            })
-        })
-        .collect();
+    let transfers: Vec<Value> = block.entries.iter().map(entry_json).collect();
     json!({
         "height": block.height,
         "hash": block.hash.to_hex(),

@@ -27,7 +27,8 @@ pub async fn fetch(
     .await
 }
 
-fn role(status: &proto::StatusReply) -> &'static str {
+/// A node's role in the words status, JSON and the dashboard use.
+pub fn role(status: &proto::StatusReply) -> &'static str {
     match proto::Role::try_from(status.role) {
         Ok(proto::Role::Leader) => "leader",
         Ok(proto::Role::Candidate) => "candidate",

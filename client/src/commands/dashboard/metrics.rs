@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use benmo_paxos::NodeId;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{unix_ms, Shared, STATS_INTERVAL};
 
@@ -134,24 +133,6 @@ fn metrics_address(shared: &Shared, node: NodeId) -> Option<String> {
     ))
 }
 
-/// GETs `/metrics` from `address` with plain HTTP/1.0 (the whole body, then the node closes).
-async fn scrape(address: &str) -> Option<String> {
-    let read = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let response = String::from_utf8(response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.")
-            .then_some(())
-            .filter(|()| head.contains(" 200 "))?;
-        Some(body.to_string())
-    };
-    tokio::time::timeout(SCRAPE_TIMEOUT, read).await.ok()?
-}
-
 /// Publishes a `stats` event once a second for as long as the dashboard runs.
 pub async fn sample(shared: Arc<Shared>) {
     let mut previous: BTreeMap<NodeId, Reading> = BTreeMap::new();
@@ -166,7 +147,10 @@ pub async fn sample(shared: Arc<Shared>) {
         for (node, _) in &statuses {
             if let Some(address) = metrics_address(&shared, *node) {
                 let node = *node;
-                scrapes.spawn(async move { (node, scrape(&address).await) });
+                scrapes.spawn(async move {
+                    let text = super::http_get(&address, "/metrics", SCRAPE_TIMEOUT).await;
+                    (node, text.ok())
+                });
             }
         }
         let mut total = Reading::default();

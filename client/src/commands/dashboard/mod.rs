@@ -347,48 +347,67 @@ pub async fn run(context: &Context, arguments: DashboardArgs, terminal: &mut Ter
     }
 }
 
-/// Whether a dashboard serves its page on `listen`'s port (on loopback if it listens on every
-/// address).
-async fn health_check(listen: std::net::SocketAddr, terminal: &mut Terminal<'_>) -> i32 {
+/// Why a plain HTTP GET got no page.
+enum HttpGetError {
+    /// Nothing answered in time (or the connection broke).
+    Unreachable(String),
+    /// Something answered, but not `200` (the status line).
+    Refused(String),
+}
+
+/// GETs `path` from `address` with plain HTTP/1.0 (the server closes after the body): the body
+/// of a `200` answer. The dashboard's only HTTP client, for the nodes' metrics and its own
+/// health check.
+async fn http_get(address: &str, path: &str, timeout: Duration) -> Result<String, HttpGetError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut address = listen;
-    if address.ip().is_unspecified() {
-        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let answer = async {
+    let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(address).await?;
-        stream
-            .write_all(b"GET / HTTP/1.0\r\nHost: dashboard\r\n\r\n")
-            .await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
-    match tokio::time::timeout(Duration::from_secs(2), answer).await {
-        Ok(Ok(response))
-            if response.starts_with(b"HTTP/1.0 200") || response.starts_with(b"HTTP/1.1 200") =>
-        {
+    let response = match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(response)) => String::from_utf8_lossy(&response).into_owned(),
+        Ok(Err(error)) => return Err(HttpGetError::Unreachable(error.to_string())),
+        Err(_) => {
+            return Err(HttpGetError::Unreachable(format!(
+                "no answer in {} ms",
+                timeout.as_millis()
+            )))
+        }
+    };
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or("");
+    if status.starts_with("HTTP/1.") && status.split(' ').nth(1) == Some("200") {
+        Ok(body.to_string())
+    } else {
+        Err(HttpGetError::Refused(status.to_string()))
+    }
+}
+
+/// Whether a dashboard serves its page on `listen`'s port (on loopback if it listens on every
+/// address).
+async fn health_check(listen: std::net::SocketAddr, terminal: &mut Terminal<'_>) -> i32 {
+    let mut address = listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    match http_get(&address.to_string(), "/", Duration::from_secs(2)).await {
+        Ok(_) => {
             let _ = writeln!(terminal.out, "dashboard on {address}: serving");
             exit::OK
         }
-        Ok(Ok(response)) => {
-            let head = String::from_utf8_lossy(&response);
+        Err(HttpGetError::Refused(status)) => {
             let _ = writeln!(
                 terminal.err,
-                "error: dashboard on {address} answered {:?}",
-                head.lines().next().unwrap_or("")
+                "error: dashboard on {address} answered {status:?}"
             );
             exit::FAILED
         }
-        Ok(Err(error)) => {
-            let _ = writeln!(terminal.err, "error: no dashboard on {address}: {error}");
-            exit::UNREACHABLE
-        }
-        Err(_) => {
-            let _ = writeln!(
-                terminal.err,
-                "error: dashboard on {address} did not answer in 2 s"
-            );
+        Err(HttpGetError::Unreachable(reason)) => {
+            let _ = writeln!(terminal.err, "error: no dashboard on {address}: {reason}");
             exit::UNREACHABLE
         }
     }
@@ -490,15 +509,7 @@ fn block_json(block: &benmo_paxos::Block) -> Value {
         .entries
         .iter()
         .take(TRANSFERS_PER_BLOCK)
-        .map(|entry| {
-            json!({
-                "id": entry.transfer.id.as_str(),
-                "from": entry.transfer.from,
-                "to": entry.transfer.to,
-                "amount": entry.transfer.amount,
-                "outcome": crate::render::outcome_json(Some((&entry.outcome).into())),
-            })
-        })
+        .map(super::chain::entry_json)
         .collect();
     json!({
         "height": block.height,
@@ -709,4 +720,45 @@ fn refuse(error: String) -> Response {
         })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves one connection with `response`, after reading the request.
+    async fn serve_once(response: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0; 1024];
+            let _ = stream.read(&mut request).await;
+            stream.write_all(response.as_bytes()).await.unwrap();
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_get_returns_the_body_of_a_200_and_names_anything_else() {
+        let address = serve_once("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+        assert_eq!(
+            http_get(&address, "/", Duration::from_secs(5)).await.ok(),
+            Some("hello".to_string())
+        );
+        let address = serve_once("HTTP/1.0 404 Not Found\r\n\r\n").await;
+        match http_get(&address, "/", Duration::from_secs(5)).await {
+            Err(HttpGetError::Refused(status)) => assert_eq!(status, "HTTP/1.0 404 Not Found"),
+            _ => panic!("a 404 is a refusal"),
+        }
+        let nobody = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = nobody.local_addr().unwrap().to_string();
+        drop(nobody);
+        assert!(matches!(
+            http_get(&address, "/", Duration::from_secs(5)).await,
+            Err(HttpGetError::Unreachable(_))
+        ));
+    }
 }

@@ -120,15 +120,6 @@ async fn watch_once(shared: &Shared, node: NodeId, down_for: &mut Option<String>
     }
 }
 
-fn role(status: &proto::StatusReply) -> &'static str {
-    match proto::Role::try_from(status.role) {
-        Ok(proto::Role::Leader) => "leader",
-        Ok(proto::Role::Candidate) => "candidate",
-        Ok(proto::Role::Follower) => "follower",
-        _ => "unknown",
-    }
-}
-
 fn ballot_json(ballot: Option<&proto::Ballot>) -> Value {
     match ballot {
         Some(ballot) if ballot.node != 0 => json!({ "round": ballot.round, "node": ballot.node }),
@@ -142,7 +133,7 @@ pub fn node_json(node: NodeId, status: &proto::StatusReply, unix_ms: u64) -> Val
     json!({
         "id": node,
         "up": true,
-        "role": role(status),
+        "role": super::super::status::role(status),
         "leader": status.leader.as_ref().map(|ballot| ballot.node).filter(|node| *node != 0),
         "ballot": ballot_json(status.ballot.as_ref()),
         "promised": ballot_json(status.promised.as_ref()),
