@@ -348,6 +348,7 @@ async fn the_dashboard_shows_the_cluster_and_drives_it_from_a_real_browser() {
             leaders(&state)[0],
             clicked.elapsed()
         );
+        let new_leader = leaders(&state)[0];
         screenshot(&browser, "failover").await;
         cluster.reap(leader);
 
@@ -363,7 +364,8 @@ async fn the_dashboard_shows_the_cluster_and_drives_it_from_a_real_browser() {
         })
         .await;
         let (_, chain) = cluster
-            .ctl_json(&["--node", &from.to_string(), "chain"])
+            // The leader has every committed block; a follower may learn of it a moment later.
+            .ctl_json(&["--node", &new_leader.to_string(), "chain"])
             .await;
         let id = chain["blocks"]
             .as_array()
