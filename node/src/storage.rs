@@ -11,11 +11,16 @@
 //! | `c` + height (u64 BE)| a block of the chain (protobuf)        |
 //! | `q` + transfer id    | a pending transfer (protobuf)          |
 //! | `s`                  | the ledger's state at the head block (see [`encode_snapshot`]) |
-//! | `x` + transfer id    | the dedup index: where the id was first ordered (height u64 BE, entry u32 BE) |
+//! | `i` + bucket (u32 BE)| the dedup index: for each id that hashes to the bucket, a hash of it and where it was first ordered (see [`IndexBucket`]) |
 //!
 //! The dedup index is the ledger's [`Archive`]: the core keeps only recent transfer ids in memory
 //! and looks older ones up here, and restarts resume from the `s` snapshot instead of replaying the
 //! chain, so memory and start-up time stay flat however long the chain grows.
+//!
+//! The index is bucketed, not one key per id, because sled's cost is per key: its leaves hold at
+//! most 16 keys and it keeps a page-table entry per leaf in memory and reads all of them when it
+//! opens. With one key per id, a node with 10M transfers took 0.8 s and 400 MB just to open sled;
+//! [`INDEX_BUCKETS`] caps the index's keys however many transfers the chain holds.
 //!
 //! | `w`                  | the end of the last write-ahead log record applied here |
 //!
@@ -52,6 +57,8 @@ const FORMAT: &[u8] = b"benmo-sled-v1";
 /// sled writes an item larger than a quarter of a segment as a separate "blob" file, without any
 /// sync at all. With 8 MiB segments no block (at most 10,000 transfers) comes near that.
 const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+/// sled's page cache.
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 const META: u8 = b'm';
 const PROMISED: u8 = b'p';
@@ -60,7 +67,15 @@ const CHAIN: u8 = b'c';
 const PENDING: u8 = b'q';
 const SNAPSHOT: u8 = b's';
 const WAL_POSITION: u8 = b'w';
-const INDEX: u8 = b'x';
+/// The dedup index's buckets.
+const INDEX: u8 = b'i';
+/// The dedup index of earlier versions, one key per id (`x` + id): moved into buckets on opening.
+const INDEX_PER_ID: u8 = b'x';
+/// How many buckets the dedup index has: at 10M transfers a bucket holds about 19 ids (380 bytes),
+/// which is what each new id's insert rewrites.
+const INDEX_BUCKETS: u32 = 1 << 19;
+/// Old index keys moved per batch when an earlier version's store is opened.
+const MIGRATE_BATCH_KEYS: usize = 65_536;
 
 /// Who a data directory belongs to. A node refuses a directory written for anyone else.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,11 +211,14 @@ fn write_marker(marker: &Path, identity: &Identity) -> Result<(), StorageError> 
     Ok(())
 }
 
-/// How sled is opened. Its own periodic flush is off: every batch is flushed and synced.
+/// How sled is opened. Its own periodic flush is off: every batch is flushed and synced. Its cache
+/// is capped well below sled's default of 1 GiB, so a node's memory stays flat as its chain grows
+/// (the hot reads, recent blocks and index buckets, fit easily).
 fn sled_config(path: &Path) -> sled::Config {
     sled::Config::new()
         .path(path)
         .segment_size(SEGMENT_BYTES)
+        .cache_capacity(SLED_CACHE_BYTES)
         .flush_every_ms(None)
 }
 
@@ -216,6 +234,10 @@ fn describe_key(key: &[u8]) -> String {
         Some((prefix, rest)) if rest.len() == 8 && matches!(*prefix, ACCEPTED | CHAIN) => {
             let number = u64::from_be_bytes(rest.try_into().expect("8 bytes"));
             format!("{}{number}", *prefix as char)
+        }
+        Some((&INDEX, rest)) if rest.len() == 4 => {
+            let bucket = u32::from_be_bytes(rest.try_into().expect("4 bytes"));
+            format!("index bucket {bucket}")
         }
         Some((prefix, rest)) => format!("{}{}", *prefix as char, String::from_utf8_lossy(rest)),
         None => "(empty key)".to_string(),
@@ -499,6 +521,7 @@ impl SledStorage {
             promised: Ballot::ZERO,
         };
         storage.check_identity(identity)?;
+        storage.migrate_index()?;
         storage.height = storage.read_height()?;
         storage.promised = storage.read_promised()?;
         if applied == Position::default()
@@ -651,6 +674,7 @@ impl SledStorage {
         // Pending-log keys added within the batch: a transfer enters the pending log once.
         let mut pending_added = std::collections::HashSet::new();
         let mut settled_through = None;
+        let mut indexed: BTreeMap<u32, Vec<IndexEntry>> = BTreeMap::new();
         for write in writes {
             match write {
                 Write::Promise(ballot) => {
@@ -680,12 +704,12 @@ impl SledStorage {
                     );
                     for (index, entry) in block.entries.iter().enumerate() {
                         if !matches!(entry.outcome, benmo_paxos::Outcome::Duplicate { .. }) {
-                            let mut place = block.height.to_be_bytes().to_vec();
-                            place.extend_from_slice(&(index as u32).to_be_bytes());
-                            net.insert(
-                                key(INDEX, entry.transfer.id.as_str().as_bytes()),
-                                Some(place),
+                            let (bucket, entry) = IndexEntry::new(
+                                entry.transfer.id.as_str(),
+                                block.height,
+                                index as u32,
                             );
+                            indexed.entry(bucket).or_default().push(entry);
                         }
                     }
                 }
@@ -724,6 +748,14 @@ impl SledStorage {
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
+            }
+        }
+        for (bucket, entries) in indexed {
+            let bucket_key = key(INDEX, &bucket.to_be_bytes());
+            let mut stored = IndexBucket::read(&self.tree, &bucket_key)?;
+            // A record applied again (log replay) finds its ids there already: the first stays.
+            if stored.add(entries) {
+                batch.insert(bucket_key, stored.encode());
             }
         }
         batch.insert(vec![WAL_POSITION], position.to_bytes().to_vec());
@@ -835,9 +867,64 @@ impl SledStorage {
     }
 
     /// The number of ids in the dedup index.
-    pub fn indexed_transfers(&self) -> usize {
-        let _ = self.apply_backlog();
-        self.tree.scan_prefix([INDEX]).count()
+    pub fn indexed_transfers(&self) -> Result<usize, StorageError> {
+        self.apply_backlog()?;
+        let mut count = 0;
+        for item in self.tree.scan_prefix([INDEX]) {
+            let (key, bytes) = item?;
+            count += IndexBucket::decode(&key, &bytes)?.entries.len();
+        }
+        Ok(count)
+    }
+
+    /// Moves an earlier version's dedup index (one key per id) into buckets, a batch at a time;
+    /// each batch moves its keys atomically, so a crash in between loses nothing.
+    fn migrate_index(&self) -> Result<(), StorageError> {
+        let mut moved = 0usize;
+        loop {
+            let mut old_keys = Vec::new();
+            let mut by_bucket: BTreeMap<u32, Vec<IndexEntry>> = BTreeMap::new();
+            for item in self
+                .tree
+                .scan_prefix([INDEX_PER_ID])
+                .take(MIGRATE_BATCH_KEYS)
+            {
+                let (old_key, place) = item?;
+                let id = std::str::from_utf8(&old_key[1..])
+                    .map_err(|_| corrupted(&old_key, "an id is ASCII"))?;
+                if place.len() != 12 {
+                    return Err(corrupted(&old_key, "an index entry is 12 bytes"));
+                }
+                let (bucket, entry) = IndexEntry::new(
+                    id,
+                    be_u64(&old_key, &place[..8])?,
+                    u32::from_be_bytes(place[8..].try_into().expect("4 bytes")),
+                );
+                by_bucket.entry(bucket).or_default().push(entry);
+                old_keys.push(old_key);
+            }
+            if old_keys.is_empty() {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            for (bucket, entries) in by_bucket {
+                let bucket_key = key(INDEX, &bucket.to_be_bytes());
+                let mut stored = IndexBucket::read(&self.tree, &bucket_key)?;
+                if stored.add(entries) {
+                    batch.insert(bucket_key, stored.encode());
+                }
+            }
+            moved += old_keys.len();
+            for old_key in old_keys {
+                batch.remove(old_key);
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        if moved > 0 {
+            self.db.flush()?;
+            tracing::info!(ids = moved, "moved the dedup index into buckets");
+        }
+        Ok(())
     }
 }
 
@@ -948,29 +1035,28 @@ struct SledArchive {
 
 impl SledArchive {
     fn read(&self, id: &TransferId) -> Result<Option<Record>, StorageError> {
-        let index_key = key(INDEX, id.as_str().as_bytes());
-        let Some(place) = self.tree.get(&index_key)? else {
-            return Ok(None);
-        };
-        if place.len() != 12 {
-            return Err(corrupted(&index_key, "an index entry is 12 bytes"));
+        let (bucket, hash) = index_place(id.as_str());
+        let index_key = key(INDEX, &bucket.to_be_bytes());
+        let candidates = IndexBucket::read(&self.tree, &index_key)?.entries;
+        // Almost always one candidate at most; another id with the same 64-bit hash is skipped.
+        for place in candidates.iter().filter(|place| place.hash == hash) {
+            let height = place.height;
+            let block = read_blocks(&self.tree, height, 1)?
+                .pop()
+                .ok_or_else(|| corrupted(&index_key, format!("names missing block {height}")))?;
+            let found = block.entries.get(place.entry as usize).ok_or_else(|| {
+                corrupted(&index_key, format!("names no entry of block {height}"))
+            })?;
+            if found.transfer.id == *id {
+                return Ok(Some(Record {
+                    height,
+                    block_hash: block.hash,
+                    transfer: found.transfer.clone(),
+                    outcome: found.outcome.clone(),
+                }));
+            }
         }
-        let height = be_u64(&index_key, &place[..8])?;
-        let entry = u32::from_be_bytes(place[8..].try_into().expect("4 bytes")) as usize;
-        let block = read_blocks(&self.tree, height, 1)?
-            .pop()
-            .ok_or_else(|| corrupted(&index_key, format!("names missing block {height}")))?;
-        let found = block
-            .entries
-            .get(entry)
-            .filter(|found| found.transfer.id == *id)
-            .ok_or_else(|| corrupted(&index_key, format!("names no entry of block {height}")))?;
-        Ok(Some(Record {
-            height,
-            block_hash: block.hash,
-            transfer: found.transfer.clone(),
-            outcome: found.outcome.clone(),
-        }))
+        Ok(None)
     }
 }
 
@@ -980,6 +1066,94 @@ impl Archive for SledArchive {
             Ok(record) => record,
             Err(error) => panic!("cannot read the dedup index: {error}"),
         }
+    }
+}
+
+/// Where a transfer id lives in the dedup index: its bucket and a 64-bit hash naming it within
+/// the bucket, both from its SHA-256, so the layout on disk depends on nothing but the id.
+fn index_place(id: &str) -> (u32, u64) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let bucket = u32::from_be_bytes(digest[..4].try_into().expect("4 bytes")) % INDEX_BUCKETS;
+    let hash = u64::from_be_bytes(digest[4..12].try_into().expect("8 bytes"));
+    (bucket, hash)
+}
+
+/// Where a transfer id was first ordered. The id itself is in the block; an entry holds only its
+/// hash, so a reader checks the block's entry and reads on past another id with the same hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IndexEntry {
+    hash: u64,
+    height: Height,
+    /// The transfer's position in its block.
+    entry: u32,
+}
+
+impl IndexEntry {
+    fn new(id: &str, height: Height, entry: u32) -> (u32, IndexEntry) {
+        let (bucket, hash) = index_place(id);
+        (
+            bucket,
+            IndexEntry {
+                hash,
+                height,
+                entry,
+            },
+        )
+    }
+}
+
+/// The bytes of one [`IndexEntry`]: hash (u64 BE), height (u64 BE), position (u32 BE).
+const INDEX_ENTRY_BYTES: usize = 20;
+
+/// One bucket of the dedup index: its entries in the order they were first ordered.
+#[derive(Debug, Default)]
+struct IndexBucket {
+    entries: Vec<IndexEntry>,
+}
+
+impl IndexBucket {
+    fn read(tree: &sled::Tree, bucket_key: &[u8]) -> Result<IndexBucket, StorageError> {
+        match tree.get(bucket_key)? {
+            None => Ok(IndexBucket::default()),
+            Some(bytes) => IndexBucket::decode(bucket_key, &bytes),
+        }
+    }
+
+    fn decode(bucket_key: &[u8], bytes: &[u8]) -> Result<IndexBucket, StorageError> {
+        if bytes.len() % INDEX_ENTRY_BYTES != 0 {
+            return Err(corrupted(bucket_key, "a truncated index entry"));
+        }
+        let entries = bytes
+            .chunks_exact(INDEX_ENTRY_BYTES)
+            .map(|entry| IndexEntry {
+                hash: u64::from_be_bytes(entry[..8].try_into().expect("8 bytes")),
+                height: u64::from_be_bytes(entry[8..16].try_into().expect("8 bytes")),
+                entry: u32::from_be_bytes(entry[16..].try_into().expect("4 bytes")),
+            })
+            .collect();
+        Ok(IndexBucket { entries })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(self.entries.len() * INDEX_ENTRY_BYTES);
+        for entry in &self.entries {
+            bytes.extend_from_slice(&entry.hash.to_be_bytes());
+            bytes.extend_from_slice(&entry.height.to_be_bytes());
+            bytes.extend_from_slice(&entry.entry.to_be_bytes());
+        }
+        bytes
+    }
+
+    /// Adds the entries not in the bucket yet; says whether anything changed.
+    fn add(&mut self, entries: Vec<IndexEntry>) -> bool {
+        let before = self.entries.len();
+        for entry in entries {
+            if !self.entries.contains(&entry) {
+                self.entries.push(entry);
+            }
+        }
+        self.entries.len() != before
     }
 }
 
@@ -1194,7 +1368,133 @@ mod tests {
             .write(&[Write::AppendBlock(first), Write::AppendBlock(second)])
             .unwrap();
         assert_eq!(store.first_height(&transfer.id).unwrap(), Some(1));
-        assert_eq!(store.indexed_transfers(), 1);
+        assert_eq!(store.indexed_transfers().unwrap(), 1);
+    }
+
+    fn block_of(ledger: &mut benmo_paxos::Ledger, ids: &[String]) -> Block {
+        let batch: Vec<Transfer> = ids
+            .iter()
+            .map(|id| Transfer {
+                id: TransferId::new(id.clone()).unwrap(),
+                from: 1,
+                to: 2,
+                amount: 1,
+                signature: None,
+            })
+            .collect();
+        ledger.apply(1, &batch)
+    }
+
+    #[test]
+    fn ids_sharing_a_bucket_each_find_their_own_block() {
+        // Two ids in one bucket, written in different blocks, and a third in the first block.
+        let mut seen = std::collections::HashMap::new();
+        let (first, second) = (0..)
+            .map(|n| format!("t{n}"))
+            .find_map(|id| {
+                let bucket = index_place(&id).0;
+                seen.insert(bucket, id.clone()).map(|earlier| (earlier, id))
+            })
+            .unwrap();
+        assert_eq!(index_place(&first).0, index_place(&second).0);
+        let directory = tempfile::tempdir().unwrap();
+        let mut store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
+        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let one = block_of(&mut ledger, &[first.clone(), "other".to_string()]);
+        let two = block_of(&mut ledger, std::slice::from_ref(&second));
+        store
+            .write(&[Write::AppendBlock(one), Write::AppendBlock(two)])
+            .unwrap();
+        store.apply_backlog().unwrap();
+        let archive = store.archive();
+        let found = |id: &str| archive.lookup(&TransferId::new(id).unwrap());
+        assert_eq!(found(&first).map(|record| record.height), Some(1));
+        assert_eq!(found("other").map(|record| record.height), Some(1));
+        let record = found(&second).unwrap();
+        assert_eq!(
+            (record.height, record.transfer.id.as_str()),
+            (2, second.as_str())
+        );
+        assert!(found("never-seen").is_none());
+        assert_eq!(store.indexed_transfers().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_lookup_reads_past_another_id_with_the_same_hash() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
+        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let one = block_of(&mut ledger, &["b".to_string()]);
+        let two = block_of(&mut ledger, &["a".to_string()]);
+        store
+            .write(&[Write::AppendBlock(one), Write::AppendBlock(two)])
+            .unwrap();
+        store.apply_backlog().unwrap();
+        // As if "b" (block 1) had the same 64-bit hash as "a" and came first in its bucket.
+        let (bucket, entry) = IndexEntry::new("a", 1, 0);
+        let bucket_key = key(INDEX, &bucket.to_be_bytes());
+        let mut stored = IndexBucket::read(&store.tree, &bucket_key).unwrap();
+        stored.entries.insert(0, entry);
+        store.tree.insert(&bucket_key, stored.encode()).unwrap();
+        let id = TransferId::new("a").unwrap();
+        assert_eq!(store.first_height(&id).unwrap(), Some(2));
+        let record = store.archive().lookup(&id).unwrap();
+        assert_eq!(record.transfer.id, id);
+    }
+
+    #[test]
+    fn an_earlier_versions_index_is_moved_into_buckets() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let mut store = SledStorage::open_node(&path, &IDENTITY).unwrap();
+        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let ids: Vec<String> = (0..50).map(|n| format!("old{n}")).collect();
+        store
+            .write(&[Write::AppendBlock(block_of(&mut ledger, &ids))])
+            .unwrap();
+        store.checkpoint().unwrap();
+        // Rewrite the index as the earlier version kept it: one key per id.
+        for item in store.tree.scan_prefix([INDEX]).keys() {
+            store.tree.remove(item.unwrap()).unwrap();
+        }
+        for (entry, id) in ids.iter().enumerate() {
+            let mut place = 1u64.to_be_bytes().to_vec();
+            place.extend_from_slice(&(entry as u32).to_be_bytes());
+            store
+                .tree
+                .insert(key(INDEX_PER_ID, id.as_bytes()), place)
+                .unwrap();
+        }
+        store.db.flush().unwrap();
+        assert_eq!(store.indexed_transfers().unwrap(), 0);
+        drop(store);
+        let store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
+        assert_eq!(store.tree.scan_prefix([INDEX_PER_ID]).count(), 0);
+        assert_eq!(store.indexed_transfers().unwrap(), ids.len());
+        for id in &ids {
+            let id = TransferId::new(id.clone()).unwrap();
+            assert_eq!(store.first_height(&id).unwrap(), Some(1));
+        }
+    }
+
+    #[test]
+    fn a_damaged_index_bucket_is_an_error_not_a_miss() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
+        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        store
+            .write(&[Write::AppendBlock(block_of(
+                &mut ledger,
+                &["a".to_string()],
+            ))])
+            .unwrap();
+        store.apply_backlog().unwrap();
+        let bucket = key(INDEX, &index_place("a").0.to_be_bytes());
+        store.tree.insert(&bucket, b"\x05ab".to_vec()).unwrap();
+        let error = store
+            .first_height(&TransferId::new("a").unwrap())
+            .unwrap_err();
+        assert!(error.to_string().contains("index bucket"), "{error}");
     }
 
     fn copy_folder(from: &Path, to: &Path) {
