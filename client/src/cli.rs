@@ -216,8 +216,9 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "failover_rounds", requires = "restart_command", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub catch_up_blocks: Option<u64>,
     /// With --failover-rounds or --catch-up-blocks: the shell command that brings a crashed node
-    /// back ({node} is replaced by its id), e.g. "benmoctl local start {node}" or
-    /// "docker compose start node{node}".
+    /// back ({node} is replaced by its id), e.g. "benmoctl local start {node}", or on Docker
+    /// "docker compose wait node{node}; docker compose start node{node}" (right after a crash,
+    /// Docker may not have seen the container stop yet, and `start` alone would do nothing).
     #[arg(long)]
     pub restart_command: Option<String>,
 }
