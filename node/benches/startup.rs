@@ -15,7 +15,8 @@
 //!
 //! The first start costs more than the second: sled 0.34 writes the snapshot of its page table
 //! only when it opens, so it first replays everything written since its previous opening (here,
-//! the last writer's million transfers).
+//! the last writer's million transfers). A node that wrote all 10M in one life took 3.8 s to
+//! start the first time on this machine, 63 ms after that.
 //! Needs `cargo build --release` first (it runs `target/release/benmo-node`).
 
 use std::net::TcpListener;
