@@ -12,6 +12,7 @@
 //! | `q` + transfer id    | a pending transfer (protobuf)          |
 //! | `s`                  | the ledger's state at the head block (see [`encode_snapshot`]) |
 //! | `i` + bucket (u32 BE)| the dedup index: for each id that hashes to the bucket, a hash of it and where it was first ordered (see [`IndexBucket`]) |
+//! | `w`                  | the end of the last write-ahead log record applied here |
 //!
 //! The dedup index is the ledger's [`Archive`]: the core keeps only recent transfer ids in memory
 //! and looks older ones up here, and restarts resume from the `s` snapshot instead of replaying the
@@ -19,12 +20,10 @@
 //!
 //! The index is bucketed, not one key per id, because sled's cost is per key: its leaves hold at
 //! most 16 keys and it keeps a page-table entry per leaf in memory and reads all of them when it
-//! opens. With one key per id, a node with 10M transfers took 0.2–1.2 s and 423 MiB to start;
+//! opens. With one key per id, a node with 10M transfers took 0.2–1.25 s and 423 MiB to start;
 //! [`INDEX_BUCKETS`] caps the index's keys however many transfers the chain holds. What still grows
 //! is a first start after a long run: sled 0.34 snapshots its page table only when it opens, so it
 //! first replays what was written since (3.8 s after a life of 10M transfers on a 2-core machine).
-//!
-//! | `w`                  | the end of the last write-ahead log record applied here |
 //!
 //! Durability comes from the write-ahead log ([`crate::wal`]), not from sled: [`SledStorage::write`]
 //! appends the batch to the log as one record and `fdatasync`s it (one sync per group of writes,
@@ -752,16 +751,26 @@ impl SledStorage {
                 None => batch.remove(key),
             }
         }
-        for (bucket, entries) in indexed {
+        self.index_into(&mut batch, indexed)?;
+        batch.insert(vec![WAL_POSITION], position.to_bytes().to_vec());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Adds `entries` to their stored buckets, in `batch`. Entries a bucket holds already (a log
+    /// record applied again) are left as they are: the first stays.
+    fn index_into(
+        &self,
+        batch: &mut sled::Batch,
+        entries: BTreeMap<u32, Vec<IndexEntry>>,
+    ) -> Result<(), StorageError> {
+        for (bucket, entries) in entries {
             let bucket_key = key(INDEX, &bucket.to_be_bytes());
             let mut stored = IndexBucket::read(&self.tree, &bucket_key)?;
-            // A record applied again (log replay) finds its ids there already: the first stays.
             if stored.add(entries) {
                 batch.insert(bucket_key, stored.encode());
             }
         }
-        batch.insert(vec![WAL_POSITION], position.to_bytes().to_vec());
-        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
@@ -909,13 +918,7 @@ impl SledStorage {
                 break;
             }
             let mut batch = sled::Batch::default();
-            for (bucket, entries) in by_bucket {
-                let bucket_key = key(INDEX, &bucket.to_be_bytes());
-                let mut stored = IndexBucket::read(&self.tree, &bucket_key)?;
-                if stored.add(entries) {
-                    batch.insert(bucket_key, stored.encode());
-                }
-            }
+            self.index_into(&mut batch, by_bucket)?;
             moved += old_keys.len();
             for old_key in old_keys {
                 batch.remove(old_key);
@@ -1355,8 +1358,7 @@ mod tests {
     #[test]
     fn the_dedup_index_records_first_heights() {
         let directory = tempfile::tempdir().unwrap();
-        let mut store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
-        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let (mut store, mut ledger) = fresh(&directory);
         let transfer = Transfer {
             id: TransferId::new("a").unwrap(),
             from: 1,
@@ -1371,6 +1373,12 @@ mod tests {
             .unwrap();
         assert_eq!(store.first_height(&transfer.id).unwrap(), Some(1));
         assert_eq!(store.indexed_transfers().unwrap(), 1);
+    }
+
+    /// A fresh store in `directory` and the genesis ledger of its cluster.
+    fn fresh(directory: &tempfile::TempDir) -> (SledStorage, benmo_paxos::Ledger) {
+        let store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
+        (store, benmo_paxos::Ledger::genesis(5, 100))
     }
 
     fn block_of(ledger: &mut benmo_paxos::Ledger, ids: &[String]) -> Block {
@@ -1400,8 +1408,7 @@ mod tests {
             .unwrap();
         assert_eq!(index_place(&first).0, index_place(&second).0);
         let directory = tempfile::tempdir().unwrap();
-        let mut store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
-        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let (mut store, mut ledger) = fresh(&directory);
         let one = block_of(&mut ledger, &[first.clone(), "other".to_string()]);
         let two = block_of(&mut ledger, std::slice::from_ref(&second));
         store
@@ -1424,8 +1431,7 @@ mod tests {
     #[test]
     fn a_lookup_reads_past_another_id_with_the_same_hash() {
         let directory = tempfile::tempdir().unwrap();
-        let mut store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
-        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let (mut store, mut ledger) = fresh(&directory);
         let one = block_of(&mut ledger, &["b".to_string()]);
         let two = block_of(&mut ledger, &["a".to_string()]);
         store
@@ -1448,8 +1454,7 @@ mod tests {
     fn an_earlier_versions_index_is_moved_into_buckets() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("data");
-        let mut store = SledStorage::open_node(&path, &IDENTITY).unwrap();
-        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let (mut store, mut ledger) = fresh(&directory);
         let ids: Vec<String> = (0..50).map(|n| format!("old{n}")).collect();
         store
             .write(&[Write::AppendBlock(block_of(&mut ledger, &ids))])
@@ -1482,8 +1487,7 @@ mod tests {
     #[test]
     fn a_damaged_index_bucket_is_an_error_not_a_miss() {
         let directory = tempfile::tempdir().unwrap();
-        let mut store = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
-        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let (mut store, mut ledger) = fresh(&directory);
         store
             .write(&[Write::AppendBlock(block_of(
                 &mut ledger,
@@ -1517,8 +1521,7 @@ mod tests {
         // synced after every write, sled only at checkpoints. Everything written must be there.
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("data");
-        let mut store = SledStorage::open_node(&path, &IDENTITY).unwrap();
-        let mut ledger = benmo_paxos::Ledger::genesis(5, 100);
+        let (mut store, mut ledger) = fresh(&directory);
         for round in 1..=40u64 {
             let transfer = Transfer {
                 id: TransferId::new(format!("t{round}")).unwrap(),
