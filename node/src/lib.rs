@@ -4,6 +4,7 @@
 //! - [`storage`]: the node's store behind the core's storage trait: a write-ahead log for
 //!   durability (one fsync per group of writes), sled for lookups, checkpointed in the background.
 //! - [`wal`]: the write-ahead log's segments and records.
+//! - [`id_filter`]: a Bloom filter in front of the dedup index, so new ids cost no sled read.
 //! - [`host`]: the host loop's logic with no I/O: group commit, release after durability,
 //!   batching per peer, waiting clients. The simulator drives the same code.
 //! - [`core_loop`]: the node's environment for the host: a tokio task that steps it and a writer
@@ -14,6 +15,7 @@
 
 pub mod core_loop;
 pub mod host;
+pub mod id_filter;
 pub mod links;
 pub mod options;
 pub mod service;

@@ -51,6 +51,7 @@ use benmo_paxos::{
 };
 use prost::Message;
 
+use crate::id_filter::IdFilter;
 use crate::wal::{Position, Wal, WalError};
 
 /// The on-disk format this code writes and reads.
@@ -165,6 +166,10 @@ pub struct SledStorage {
     height: Option<Height>,
     /// The stored promise, the backlog included.
     promised: Ballot,
+    /// Every id in the dedup index, once the scan at opening is done (see [`crate::id_filter`]).
+    filter: Arc<IdFilter>,
+    /// The thread that fills `filter` from the index at opening.
+    filter_scan: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Writes waiting to be applied to sled, in order, with the log position they end at.
@@ -387,6 +392,37 @@ fn decode_record(payload: &[u8]) -> Result<Vec<Write>, StorageError> {
         .collect()
 }
 
+/// Starts the thread that adds every id in the dedup index to `filter`, then marks it complete.
+/// If the index cannot be read, the filter stays incomplete: lookups keep reading sled, which
+/// reports the damage where it matters.
+fn start_filter_scan(
+    tree: sled::Tree,
+    filter: Arc<IdFilter>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let scan = move || -> Result<(), StorageError> {
+        for item in tree.scan_prefix([INDEX]) {
+            if Arc::strong_count(&filter) == 1 {
+                // The store and its archives are gone: nobody will ask, and sled's lock is
+                // released sooner.
+                return Ok(());
+            }
+            let (bucket_key, bytes) = item?;
+            for entry in IndexBucket::decode(&bucket_key, &bytes)?.entries {
+                filter.insert(entry.hash);
+            }
+        }
+        filter.mark_complete();
+        Ok(())
+    };
+    std::thread::Builder::new()
+        .name("benmo-id-filter".to_string())
+        .spawn(move || {
+            if let Err(error) = scan() {
+                tracing::warn!(%error, "cannot read the dedup index into its filter; lookups read sled");
+            }
+        })
+}
+
 /// Starts the thread that makes sled durable when asked (a checkpoint) and then deletes the log
 /// segments sled now covers. It ends when the store is dropped.
 fn start_checkpoints(
@@ -520,6 +556,8 @@ impl SledStorage {
             waiting_blocks: Arc::new(Mutex::new(BTreeMap::new())),
             height: None,
             promised: Ballot::ZERO,
+            filter: Arc::new(IdFilter::new()),
+            filter_scan: None,
         };
         storage.check_identity(identity)?;
         storage.migrate_index()?;
@@ -545,7 +583,19 @@ impl SledStorage {
         if replayed {
             storage.checkpoint()?;
         }
+        let scan = start_filter_scan(storage.tree.clone(), storage.filter.clone());
+        storage.filter_scan = Some(scan.map_err(|source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?);
         Ok(storage)
+    }
+
+    /// Waits until the dedup index's filter holds every indexed id.
+    pub fn wait_for_filter(&mut self) {
+        if let Some(scan) = self.filter_scan.take() {
+            let _ = scan.join();
+        }
     }
 
     /// Drops writes the store already holds (a block at or below its height, a lower promise),
@@ -765,6 +815,10 @@ impl SledStorage {
         entries: BTreeMap<u32, Vec<IndexEntry>>,
     ) -> Result<(), StorageError> {
         for (bucket, entries) in entries {
+            // Into the filter before the bucket is written: a lookup may rely on it from then on.
+            for entry in &entries {
+                self.filter.insert(entry.hash);
+            }
             let bucket_key = key(INDEX, &bucket.to_be_bytes());
             let mut stored = IndexBucket::read(&self.tree, &bucket_key)?;
             if stored.add(entries) {
@@ -865,6 +919,7 @@ impl SledStorage {
         self.apply_backlog()?;
         let archive = SledArchive {
             tree: self.tree.clone(),
+            filter: self.filter.clone(),
         };
         Ok(archive.read(id)?.map(|record| record.height))
     }
@@ -1027,6 +1082,7 @@ impl Storage for SledStorage {
     fn archive(&self) -> Arc<dyn Archive> {
         Arc::new(SledArchive {
             tree: self.tree.clone(),
+            filter: self.filter.clone(),
         })
     }
 }
@@ -1036,11 +1092,15 @@ impl Storage for SledStorage {
 #[derive(Debug)]
 struct SledArchive {
     tree: sled::Tree,
+    filter: Arc<IdFilter>,
 }
 
 impl SledArchive {
     fn read(&self, id: &TransferId) -> Result<Option<Record>, StorageError> {
         let (bucket, hash) = index_place(id.as_str());
+        if !self.filter.may_contain(hash) {
+            return Ok(None);
+        }
         let index_key = key(INDEX, &bucket.to_be_bytes());
         let candidates = IndexBucket::read(&self.tree, &index_key)?.entries;
         // Almost always one candidate at most; another id with the same 64-bit hash is skipped.
@@ -1426,6 +1486,37 @@ mod tests {
         );
         assert!(found("never-seen").is_none());
         assert_eq!(store.indexed_transfers().unwrap(), 3);
+    }
+
+    #[test]
+    fn the_id_filter_holds_every_id_indexed_in_this_life_and_earlier_ones() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let (mut store, mut ledger) = fresh(&directory);
+        let earlier: Vec<String> = (0..300).map(|n| format!("earlier{n}")).collect();
+        store
+            .write(&[Write::AppendBlock(block_of(&mut ledger, &earlier))])
+            .unwrap();
+        store.checkpoint().unwrap();
+        drop(store);
+        let mut store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
+        store.wait_for_filter();
+        assert!(store.filter.is_complete());
+        let now: Vec<String> = (0..300).map(|n| format!("now{n}")).collect();
+        store
+            .write(&[Write::AppendBlock(block_of(&mut ledger, &now))])
+            .unwrap();
+        store.apply_backlog().unwrap();
+        // A complete filter answers "absent" without reading sled: a missing id would be lost.
+        let archive = store.archive();
+        let height = |id: &String| {
+            archive
+                .lookup(&TransferId::new(id.clone()).unwrap())
+                .map(|record| record.height)
+        };
+        assert!(earlier.iter().all(|id| height(id) == Some(1)));
+        assert!(now.iter().all(|id| height(id) == Some(2)));
+        assert_eq!(height(&"never-seen".to_string()), None);
     }
 
     #[test]
