@@ -16,7 +16,8 @@
 //!
 //! The dedup index is the ledger's [`Archive`]: the core keeps only recent transfer ids in memory
 //! and looks older ones up here, and restarts resume from the `s` snapshot instead of replaying the
-//! chain, so memory and start-up time stay flat however long the chain grows.
+//! chain, so memory and start-up time stay flat however long the chain grows. An [`IdFilter`] in
+//! memory answers for ids the index does not hold (every new transfer) without reading sled.
 //!
 //! The index is bucketed, not one key per id, because sled's cost is per key: its leaves hold at
 //! most 16 keys and it keeps a page-table entry per leaf in memory and reads all of them when it
