@@ -6,9 +6,9 @@
 //! traversal on the core's thread; a filter probe costs four memory reads. Measured on a 5-node
 //! cluster at 64 clients, those reads were 12–23% of each node's CPU.
 //!
-//! The filter lives only in memory. It is built when the store opens, from the index itself, by a
-//! thread of its own; until that scan ends the filter is *incomplete* and answers "maybe" for
-//! everything, so a lookup falls back to sled. Every id indexed while the node runs is added to it
+//! The filter lives only in memory. It is built from the index itself, by a thread of its own that
+//! the node starts once it serves (so a start is no slower); until that scan ends the filter is
+//! *incomplete* and answers "maybe" for everything, so a lookup falls back to sled. Every id indexed while the node runs is added to it
 //! before its bucket is written, so once the scan is done a "no" is always true: the scan covers
 //! what was indexed before it began, and the writer covers the rest.
 

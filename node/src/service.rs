@@ -856,6 +856,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let writer = WriterOptions {
         fsync_delay: settings.fsync_delay,
     };
+    let id_filter_scan = storage.id_filter_scan();
     let (writes, written) = core_loop::start_writer(storage, writer, telemetry.clone())
         .context("cannot start the writer thread")?;
     let core_task = tokio::spawn(core_loop::run(
@@ -931,6 +932,10 @@ pub async fn serve(settings: Settings) -> Result<()> {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         );
     let metrics = crate::telemetry::serve_metrics(metrics_listener, telemetry);
+    // Now that the node is up, so that it does not slow the start (lookups read sled until then).
+    id_filter_scan
+        .start()
+        .context("cannot start the dedup index's filter scan")?;
     tokio::try_join!(
         async { peers.await.context("the peer gRPC server failed") },
         async { clients.await.context("the client gRPC server failed") },

@@ -167,10 +167,8 @@ pub struct SledStorage {
     height: Option<Height>,
     /// The stored promise, the backlog included.
     promised: Ballot,
-    /// Every id in the dedup index, once the scan at opening is done (see [`crate::id_filter`]).
+    /// Every id in the dedup index, once [`IdFilterScan`] has run (see [`crate::id_filter`]).
     filter: Arc<IdFilter>,
-    /// The thread that fills `filter` from the index at opening.
-    filter_scan: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Writes waiting to be applied to sled, in order, with the log position they end at.
@@ -393,35 +391,42 @@ fn decode_record(payload: &[u8]) -> Result<Vec<Write>, StorageError> {
         .collect()
 }
 
-/// Starts the thread that adds every id in the dedup index to `filter`, then marks it complete.
-/// If the index cannot be read, the filter stays incomplete: lookups keep reading sled, which
-/// reports the damage where it matters.
-fn start_filter_scan(
+/// Adds every id in the dedup index to the store's filter, then marks it complete (see
+/// [`crate::id_filter`]). Ids indexed meanwhile are added by the writer, so it may run at any time.
+pub struct IdFilterScan {
     tree: sled::Tree,
     filter: Arc<IdFilter>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let scan = move || -> Result<(), StorageError> {
-        for item in tree.scan_prefix([INDEX]) {
-            if Arc::strong_count(&filter) == 1 {
+}
+
+impl IdFilterScan {
+    /// Runs the scan on a thread of its own. If the index cannot be read, the filter stays
+    /// incomplete: lookups keep reading sled, which reports the damage where it matters.
+    pub fn start(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("benmo-id-filter".to_string())
+            .spawn(move || {
+                if let Err(error) = self.run() {
+                    tracing::warn!(%error, "cannot read the dedup index into its filter; lookups read sled");
+                }
+            })
+    }
+
+    /// Runs the scan here.
+    pub fn run(self) -> Result<(), StorageError> {
+        for item in self.tree.scan_prefix([INDEX]) {
+            if Arc::strong_count(&self.filter) == 1 {
                 // The store and its archives are gone: nobody will ask, and sled's lock is
                 // released sooner.
                 return Ok(());
             }
             let (bucket_key, bytes) = item?;
             for entry in IndexBucket::decode(&bucket_key, &bytes)?.entries {
-                filter.insert(entry.hash);
+                self.filter.insert(entry.hash);
             }
         }
-        filter.mark_complete();
+        self.filter.mark_complete();
         Ok(())
-    };
-    std::thread::Builder::new()
-        .name("benmo-id-filter".to_string())
-        .spawn(move || {
-            if let Err(error) = scan() {
-                tracing::warn!(%error, "cannot read the dedup index into its filter; lookups read sled");
-            }
-        })
+    }
 }
 
 /// Starts the thread that makes sled durable when asked (a checkpoint) and then deletes the log
@@ -558,7 +563,6 @@ impl SledStorage {
             height: None,
             promised: Ballot::ZERO,
             filter: Arc::new(IdFilter::new()),
-            filter_scan: None,
         };
         storage.check_identity(identity)?;
         storage.migrate_index()?;
@@ -584,18 +588,15 @@ impl SledStorage {
         if replayed {
             storage.checkpoint()?;
         }
-        let scan = start_filter_scan(storage.tree.clone(), storage.filter.clone());
-        storage.filter_scan = Some(scan.map_err(|source| StorageError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?);
         Ok(storage)
     }
 
-    /// Waits until the dedup index's filter holds every indexed id.
-    pub fn wait_for_filter(&mut self) {
-        if let Some(scan) = self.filter_scan.take() {
-            let _ = scan.join();
+    /// What fills the dedup index's filter: until it has run, lookups read sled. A node starts it
+    /// once it serves, so that it never slows the node's start.
+    pub fn id_filter_scan(&self) -> IdFilterScan {
+        IdFilterScan {
+            tree: self.tree.clone(),
+            filter: self.filter.clone(),
         }
     }
 
@@ -1501,7 +1502,8 @@ mod tests {
         store.checkpoint().unwrap();
         drop(store);
         let mut store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
-        store.wait_for_filter();
+        assert!(!store.filter.is_complete(), "complete only once scanned");
+        store.id_filter_scan().run().unwrap();
         assert!(store.filter.is_complete());
         let now: Vec<String> = (0..300).map(|n| format!("now{n}")).collect();
         store
