@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
-use crate::host::{Environment, Host, TransferResult};
+use crate::host::{Durability, Environment, Host, TransferResult};
 use crate::storage::{SledStorage, StorageError};
 use crate::telemetry::Telemetry;
 use crate::transport::Transport;
@@ -119,6 +119,9 @@ pub fn channel() -> (CoreHandle, mpsc::Receiver<Command>) {
     (CoreHandle { sender }, receiver)
 }
 
+/// Where the core loop hands the writer thread each group of writes.
+pub type WriteSender = std_mpsc::Sender<(Vec<Write>, Durability)>;
+
 /// How the writer thread makes writes durable.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WriterOptions {
@@ -135,8 +138,8 @@ pub enum Written {
     Archived(Height),
 }
 
-/// Starts the thread that owns `storage`: it writes each batch it is given (durable once the
-/// write-ahead log is synced), applies the log to sled in bulk (see `SLED_APPLY_DELAY`), and
+/// Starts the thread that owns `storage`: it writes each batch it is given (synced, or lazily, as
+/// the batch's [`Durability`] says), applies the log to sled in bulk (see `SLED_APPLY_DELAY`), and
 /// reports both through the returned channel. A write that fails ends the process: a node that
 /// cannot write cannot keep its promises, and nothing that waited for the write has been
 /// released.
@@ -144,11 +147,8 @@ pub fn start_writer(
     mut storage: SledStorage,
     options: WriterOptions,
     telemetry: std::sync::Arc<Telemetry>,
-) -> std::io::Result<(
-    std_mpsc::Sender<Vec<Write>>,
-    mpsc::UnboundedReceiver<Written>,
-)> {
-    let (writes, batches) = std_mpsc::channel::<Vec<Write>>();
+) -> std::io::Result<(WriteSender, mpsc::UnboundedReceiver<Written>)> {
+    let (writes, batches) = std_mpsc::channel::<(Vec<Write>, Durability)>();
     let (done, written) = mpsc::unbounded_channel();
     let fail = |error: StorageError| -> ! {
         error!(%error, "cannot write to the data directory; stopping");
@@ -161,14 +161,20 @@ pub fn start_writer(
                 .backlog_due_in()
                 .unwrap_or(Duration::from_secs(3600));
             match batches.recv_timeout(wait) {
-                Ok(batch) => {
+                Ok((batch, durability)) => {
                     let started = std::time::Instant::now();
-                    if let Err(error) = storage.write(&batch) {
+                    let written = match durability {
+                        Durability::Synced => storage.write(&batch),
+                        Durability::Lazy => storage.write_lazily(&batch),
+                    };
+                    if let Err(error) = written {
                         fail(error);
                     }
-                    telemetry.flushed(started.elapsed());
-                    if !options.fsync_delay.is_zero() {
-                        std::thread::sleep(options.fsync_delay);
+                    if durability == Durability::Synced {
+                        telemetry.flushed(started.elapsed());
+                        if !options.fsync_delay.is_zero() {
+                            std::thread::sleep(options.fsync_delay);
+                        }
                     }
                     if done.send(Written::Durable).is_err() {
                         return;
@@ -195,7 +201,7 @@ pub fn start_writer(
 /// The node's side of the host's [`Environment`].
 pub struct NodeEnvironment {
     transport: Transport,
-    writer: std_mpsc::Sender<Vec<Write>>,
+    writer: WriteSender,
     telemetry: std::sync::Arc<Telemetry>,
     /// Decided heights not yet logged: logged once per tick, not once per block.
     decided_unlogged: Option<(Height, Height, usize)>,
@@ -206,7 +212,7 @@ impl NodeEnvironment {
     /// reports to `telemetry`.
     pub fn new(
         transport: Transport,
-        writer: std_mpsc::Sender<Vec<Write>>,
+        writer: WriteSender,
         telemetry: std::sync::Arc<Telemetry>,
     ) -> NodeEnvironment {
         NodeEnvironment {
@@ -239,8 +245,8 @@ impl Environment for NodeEnvironment {
         self.transport.fetch(peer, from);
     }
 
-    fn write(&mut self, writes: Vec<Write>) {
-        if self.writer.send(writes).is_err() {
+    fn write(&mut self, writes: Vec<Write>, durability: Durability) {
+        if self.writer.send((writes, durability)).is_err() {
             error!("the writer thread is gone; stopping");
             std::process::exit(74);
         }

@@ -27,6 +27,16 @@ use benmo_paxos::{
 /// What a client waiting on a transfer receives.
 pub type TransferResult = Result<Committed, ProposeError>;
 
+/// How a group of writes must reach the disk before [`Host::write_done`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced: something released after the write rests on it (see [`Write::vouches`]).
+    Synced,
+    /// Written, but synced only with the next synced group (or sooner, by the system): nothing
+    /// waits on it, and a crash may lose it.
+    Lazy,
+}
+
 /// The world a [`Host`] runs in.
 pub trait Environment {
     /// A client waiting for a transfer's outcome.
@@ -38,9 +48,10 @@ pub trait Environment {
     /// Reads `peer`'s blocks from height `from`; the answer comes back through [`Host::blocks`].
     fn fetch(&mut self, peer: NodeId, from: Height);
 
-    /// Starts making `writes` durable as one atomic batch. [`Host::write_done`] follows once they
-    /// are; until then the host starts no other write.
-    fn write(&mut self, writes: Vec<Write>);
+    /// Starts writing `writes` as one atomic batch, synced or not as `durability` says.
+    /// [`Host::write_done`] follows once they are written; until then the host starts no other
+    /// write.
+    fn write(&mut self, writes: Vec<Write>, durability: Durability);
 
     /// Answers a waiting client.
     fn answer(&mut self, waiter: Self::Waiter, result: TransferResult);
@@ -341,8 +352,22 @@ impl<W> Host<W> {
         }
         let mut group = std::mem::take(&mut self.collecting);
         let writes = std::mem::take(&mut group.writes);
+        // A group that holds no promise, vote or pending transfer, and releases nothing once
+        // written, is written lazily: typically decided blocks and their snapshot.
+        let releases_nothing = group.messages.is_empty() && group.pending.is_empty();
+        let lazy = (releases_nothing && !writes.iter().any(Write::vouches))
+            || self
+                .replica
+                .config()
+                .planted_bugs
+                .has(PlantedBug::LazyVotes);
         self.writing = Some(group);
-        env.write(writes);
+        let durability = if lazy {
+            Durability::Lazy
+        } else {
+            Durability::Synced
+        };
+        env.write(writes, durability);
     }
 
     fn step<E: Environment<Waiter = W>>(&mut self, input: Input, env: &mut E) {
@@ -430,6 +455,7 @@ mod tests {
         sent: Vec<(NodeId, Vec<Message>)>,
         fetches: Vec<(NodeId, Height)>,
         writes: Vec<Vec<Write>>,
+        durability: Vec<Durability>,
         answers: Vec<(u32, TransferResult)>,
         taken: Vec<(u32, TransferId)>,
         appended: Vec<Height>,
@@ -460,7 +486,8 @@ mod tests {
             self.fetches.push((peer, from));
         }
 
-        fn write(&mut self, writes: Vec<Write>) {
+        fn write(&mut self, writes: Vec<Write>, durability: Durability) {
+            self.durability.push(durability);
             self.writes.push(writes);
         }
 
@@ -693,6 +720,46 @@ mod tests {
         host.write_done(&mut env);
         assert_eq!(env.appended, vec![accept.slot]);
         assert!(matches!(env.answers[..], [(1, Ok(_))]));
+    }
+
+    #[test]
+    fn votes_are_synced_and_decided_blocks_written_lazily() {
+        let (mut host, mut env) = leader();
+        host.propose(transfer("a", 1, 2, 5), 1, &mut env);
+        host.flush(&mut env);
+        assert_eq!(
+            env.durability,
+            vec![Durability::Synced],
+            "the vote is synced"
+        );
+        let accept = env
+            .sent_to(2)
+            .into_iter()
+            .find_map(|message| match message {
+                Message::Accept(accept) => Some(accept.clone()),
+                _ => None,
+            })
+            .expect("the Accept left");
+        host.receive(
+            2,
+            vec![Message::Accepted(benmo_paxos::message::Accepted {
+                ballot: accept.ballot,
+                slot: accept.slot,
+            })],
+            &mut env,
+        );
+        host.write_done(&mut env);
+        assert!(matches!(env.answers[..], [(1, Ok(_))]), "decided");
+        assert_eq!(env.writes.len(), 2);
+        assert!(env.writes[1]
+            .iter()
+            .any(|write| matches!(write, Write::AppendBlock(_))));
+        assert!(env.writes[1].iter().all(|write| !write.vouches()));
+        assert_eq!(
+            env.durability[1],
+            Durability::Lazy,
+            "the block is not synced"
+        );
     }
 
     #[test]

@@ -600,6 +600,60 @@ impl SledStorage {
         }
     }
 
+    /// Writes `writes` without syncing them (see [`Write::vouches`]): the next synced write, or a
+    /// checkpoint, makes them durable, and a crash before then may lose them. A write that vouches
+    /// for something is refused.
+    pub fn write_lazily(&mut self, writes: &[Write]) -> Result<(), StorageError> {
+        if let Some(write) = writes.iter().find(|write| write.vouches()) {
+            return Err(StorageError::Refused(format!(
+                "{write:?} must be synced, not written lazily"
+            )));
+        }
+        self.write_record(writes, false)
+    }
+
+    fn write_record(&mut self, writes: &[Write], sync: bool) -> Result<(), StorageError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.check(writes)?;
+        let record = encode_record(writes);
+        let position = if sync {
+            self.wal.append(&record)?
+        } else {
+            self.wal.append_unsynced(&record)?
+        };
+        self.track(writes);
+        let blocks: Vec<&Block> = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::AppendBlock(block) => Some(block),
+                _ => None,
+            })
+            .collect();
+        if !blocks.is_empty() {
+            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
+            for block in blocks {
+                waiting.insert(block.height, block.clone());
+            }
+        }
+        {
+            let mut backlog = self.backlog.borrow_mut();
+            backlog.writes.extend_from_slice(writes);
+            backlog.end = position;
+            backlog.since.get_or_insert_with(Instant::now);
+        }
+        if self.backlog.borrow().writes.len() >= SLED_BACKLOG_WRITES_MAX {
+            self.apply_backlog()?;
+        }
+        if position.segment > self.checkpointed.segment {
+            // A segment is full: sled catches up in the background, then the log shrinks.
+            self.checkpointed = position;
+            let _ = self.checkpoints.send(());
+        }
+        Ok(())
+    }
+
     /// Drops writes the store already holds (a block at or below its height, a lower promise),
     /// so that applying a log record twice changes nothing.
     fn not_yet_applied(&self, writes: Vec<Write>) -> Vec<Write> {
@@ -994,40 +1048,7 @@ impl Storage for SledStorage {
     type Error = StorageError;
 
     fn write(&mut self, writes: &[Write]) -> Result<(), StorageError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        self.check(writes)?;
-        let position = self.wal.append(&encode_record(writes))?;
-        self.track(writes);
-        let blocks: Vec<&Block> = writes
-            .iter()
-            .filter_map(|write| match write {
-                Write::AppendBlock(block) => Some(block),
-                _ => None,
-            })
-            .collect();
-        if !blocks.is_empty() {
-            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
-            for block in blocks {
-                waiting.insert(block.height, block.clone());
-            }
-        }
-        {
-            let mut backlog = self.backlog.borrow_mut();
-            backlog.writes.extend_from_slice(writes);
-            backlog.end = position;
-            backlog.since.get_or_insert_with(Instant::now);
-        }
-        if self.backlog.borrow().writes.len() >= SLED_BACKLOG_WRITES_MAX {
-            self.apply_backlog()?;
-        }
-        if position.segment > self.checkpointed.segment {
-            // A segment is full: sled catches up in the background, then the log shrinks.
-            self.checkpointed = position;
-            let _ = self.checkpoints.send(());
-        }
-        Ok(())
+        self.write_record(writes, true)
     }
 
     fn acceptor_state(&self) -> Result<AcceptorState, StorageError> {
@@ -1520,6 +1541,45 @@ mod tests {
         assert!(earlier.iter().all(|id| height(id) == Some(1)));
         assert!(now.iter().all(|id| height(id) == Some(2)));
         assert_eq!(height(&"never-seen".to_string()), None);
+    }
+
+    #[test]
+    fn writes_after_a_lost_lazy_record_survive_the_next_restart() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let (mut store, mut ledger) = fresh(&directory);
+        let refused = store.write_lazily(&[Write::Promise(Ballot::new(1, 1))]);
+        assert!(
+            matches!(refused, Err(StorageError::Refused(_))),
+            "{refused:?}"
+        );
+        store.write(&[Write::Promise(Ballot::new(1, 1))]).unwrap();
+        let segment = std::fs::read_dir(path.join(WAL_FOLDER))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .max()
+            .unwrap();
+        let synced_end = std::fs::metadata(&segment).unwrap().len();
+        let ids: Vec<String> = (0..200).map(|n| format!("lazy{n}")).collect();
+        store
+            .write_lazily(&[Write::AppendBlock(block_of(&mut ledger, &ids))])
+            .unwrap();
+        // sled took the block and kept it; the machine then lost the log's unsynced tail.
+        store.apply_backlog().unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(synced_end)
+            .unwrap();
+        let mut store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
+        assert_eq!(store.height().unwrap(), Some(1));
+        store.write(&[Write::Promise(Ballot::new(2, 1))]).unwrap();
+        drop(store);
+        let store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
+        assert_eq!(store.acceptor_state().unwrap().promised, Ballot::new(2, 1));
     }
 
     #[test]

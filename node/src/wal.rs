@@ -1,12 +1,13 @@
 //! The write-ahead log: where a node's writes become durable, one record per group of writes and
-//! one `fdatasync` per record.
+//! one `fdatasync` per record, except records appended lazily, which the next sync covers.
 //!
 //! The log is a folder of segment files, `00000000000000000001.wal` and up, each a sequence of
 //! records framed as `length (u32 BE) · CRC-32 of the payload (u32 BE) · payload`. A position in
 //! the log ([`Position`]) is a segment number and an offset in it.
 //!
-//! A crash can leave the last record of the last segment torn (cut short, or with a wrong CRC);
-//! it was never reported durable, so opening the log cuts it off. A bad record anywhere else is
+//! A crash can leave the last record of the last segment torn (cut short, or with a wrong CRC),
+//! or lose the lazy records at its end; none of them was synced, so opening the log cuts a torn
+//! one off. A segment is synced before the next one starts, so that only the log's end can tear. A bad record anywhere else is
 //! corruption, and opening refuses.
 
 use std::fs::{self, File, OpenOptions};
@@ -87,6 +88,8 @@ pub struct Wal {
     segment: u64,
     file: File,
     offset: u64,
+    /// Whether the segment holds records appended since its last sync.
+    unsynced: bool,
 }
 
 /// A record read back while opening the log.
@@ -134,17 +137,42 @@ impl Wal {
         if last.is_none() {
             sync_folder(folder)?;
         }
-        let wal = Wal {
+        let mut wal = Wal {
+            unsynced: false,
             folder: folder.to_path_buf(),
             segment,
             file,
             offset,
         };
+        if wal.position() < from {
+            // The caller holds records the log has lost (appended lazily, then a crash, while the
+            // caller's copy survived). New records must end after `from`, or a later opening would
+            // take them for applied and skip them.
+            wal.segment = wal.segment.max(from.segment);
+            wal.rotate()?;
+        }
         Ok((wal, replayed))
     }
 
-    /// Appends `payload` as one record and makes it durable; returns the position of its end.
+    /// Appends one record and syncs it (and every record before it) to the disk.
     pub fn append(&mut self, payload: &[u8]) -> Result<Position, WalError> {
+        self.append_record(payload)?;
+        let path = segment_path(&self.folder, self.segment);
+        self.file.sync_data().map_err(io_error(&path))?;
+        self.unsynced = false;
+        Ok(self.position())
+    }
+
+    /// Appends one record without syncing it: the next [`Wal::append`] syncs it too, and so does
+    /// starting a new segment. A crash before then may lose it or tear it; opening the log cuts a
+    /// torn record off, and only ever at the log's end.
+    pub fn append_unsynced(&mut self, payload: &[u8]) -> Result<Position, WalError> {
+        self.append_record(payload)?;
+        self.unsynced = true;
+        Ok(self.position())
+    }
+
+    fn append_record(&mut self, payload: &[u8]) -> Result<(), WalError> {
         if payload.len() > RECORD_BYTES_MAX {
             return Err(WalError::TooLarge(payload.len()));
         }
@@ -157,9 +185,8 @@ impl Wal {
         record.extend_from_slice(payload);
         let path = segment_path(&self.folder, self.segment);
         self.file.write_all(&record).map_err(io_error(&path))?;
-        self.file.sync_data().map_err(io_error(&path))?;
         self.offset += record.len() as u64;
-        Ok(self.position())
+        Ok(())
     }
 
     /// The end of the last record.
@@ -172,6 +199,12 @@ impl Wal {
 
     /// Starts a new segment.
     fn rotate(&mut self) -> Result<(), WalError> {
+        if self.unsynced {
+            // A torn record may only ever be the log's last.
+            let path = segment_path(&self.folder, self.segment);
+            self.file.sync_data().map_err(io_error(&path))?;
+            self.unsynced = false;
+        }
         let segment = self.segment + 1;
         let path = segment_path(&self.folder, segment);
         let file = OpenOptions::new()
@@ -353,5 +386,56 @@ mod tests {
         let (_, replayed) = Wal::open(folder.path(), Position::default()).unwrap();
         assert_eq!(replayed.len(), 1);
         assert_eq!(replayed[0].payload, b"new");
+    }
+
+    #[test]
+    fn a_lazy_record_is_read_back_and_synced_before_a_new_segment() {
+        let folder = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(folder.path(), Position::default()).unwrap();
+        wal.append(b"synced").unwrap();
+        wal.append_unsynced(b"lazy").unwrap();
+        assert!(wal.unsynced);
+        wal.rotate().unwrap();
+        assert!(
+            !wal.unsynced,
+            "a segment is synced before the next one starts"
+        );
+        wal.append_unsynced(b"lazy too").unwrap();
+        wal.append(b"and synced").unwrap();
+        assert!(!wal.unsynced, "a sync covers the lazy records before it");
+        drop(wal);
+        let (_, replayed) = Wal::open(folder.path(), Position::default()).unwrap();
+        let payloads: Vec<&[u8]> = replayed.iter().map(|record| &record.payload[..]).collect();
+        assert_eq!(
+            payloads,
+            vec![&b"synced"[..], b"lazy", b"lazy too", b"and synced"]
+        );
+    }
+
+    #[test]
+    fn after_losing_records_a_reader_holds_new_ones_end_past_them() {
+        // A lazy record was applied elsewhere (the reader's position is past it), then lost with
+        // the machine: the records that follow must not end at or before that position, or the
+        // next opening would skip them as applied.
+        let folder = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(folder.path(), Position::default()).unwrap();
+        let kept = wal.append(b"kept").unwrap();
+        let applied = wal.append_unsynced(b"a long lazy record, lost").unwrap();
+        drop(wal);
+        let path = segment_path(folder.path(), 1);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(kept.offset)
+            .unwrap();
+        let (mut wal, replayed) = Wal::open(folder.path(), applied).unwrap();
+        assert!(replayed.is_empty());
+        let next = wal.append(b"new").unwrap();
+        assert!(next > applied, "{next:?} must end after {applied:?}");
+        drop(wal);
+        let (_, replayed) = Wal::open(folder.path(), applied).unwrap();
+        let payloads: Vec<&[u8]> = replayed.iter().map(|record| &record.payload[..]).collect();
+        assert_eq!(payloads, vec![&b"new"[..]]);
     }
 }

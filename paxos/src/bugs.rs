@@ -49,11 +49,14 @@ pub enum PlantedBug {
     /// election timeout, instead of going back to following: its Prepares, which still arrive,
     /// depose every leader the majority elects.
     RerunWithoutQuorum,
+    /// The host writes a group of writes lazily (without a sync) whatever it holds, so a crash can
+    /// lose a vote or a promise that already left.
+    LazyVotes,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [PlantedBug; 16] = [
+    pub const ALL: [PlantedBug; 17] = [
         PlantedBug::ReplyBeforePersist,
         PlantedBug::ForgetPromiseOnRestart,
         PlantedBug::IgnorePromisedValues,
@@ -70,6 +73,7 @@ impl PlantedBug {
         PlantedBug::SynchronousWrites,
         PlantedBug::StartOnWipedDisk,
         PlantedBug::RerunWithoutQuorum,
+        PlantedBug::LazyVotes,
     ];
 
     /// The bug's name in kebab case, as the simulator's `--planted-bug` flag takes it.
@@ -91,6 +95,7 @@ impl PlantedBug {
             PlantedBug::SynchronousWrites => "synchronous-writes",
             PlantedBug::StartOnWipedDisk => "start-on-wiped-disk",
             PlantedBug::RerunWithoutQuorum => "rerun-without-quorum",
+            PlantedBug::LazyVotes => "lazy-votes",
         }
     }
 

@@ -2,7 +2,7 @@
 //! [`Environment`] on the simulated network, disk and clients, and feeds every observation to
 //! the checkers.
 
-use benmo_node::host::{Environment, TransferResult};
+use benmo_node::host::{Durability, Environment, TransferResult};
 use benmo_paxos::{Block, Event, Height, Message, NodeId, Transfer, TransferId, Write};
 
 use crate::checkers::Violation;
@@ -74,8 +74,8 @@ impl Environment for SimEnvironment<'_> {
         }
     }
 
-    fn write(&mut self, writes: Vec<Write>) {
-        self.world.start_write(self.id, writes);
+    fn write(&mut self, writes: Vec<Write>, durability: Durability) {
+        self.world.start_write(self.id, writes, durability);
     }
 
     fn answer(&mut self, waiter: SimWaiter, result: TransferResult) {

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use benmo_node::host::Host;
+use benmo_node::host::{Durability, Host};
 use benmo_paxos::{
     restore, Block, Config, Height, MemoryStorage, Message, NodeId, PlantedBug, PlantedBugs,
     ProposeError, Storage, Transfer, TransferId, Write,
@@ -214,8 +214,12 @@ pub(crate) struct SimNode {
     pub(crate) host: Option<Host<SimWaiter>>,
     /// What has reached the disk: all a crash leaves.
     pub(crate) disk: MemoryStorage,
-    /// The batch being written; lost if the node crashes first.
-    pub(crate) writing: Option<Vec<Write>>,
+    /// The batch being written, and how; lost if the node crashes first.
+    pub(crate) writing: Option<(Vec<Write>, Durability)>,
+    /// Lazy batches written but not yet synced, oldest first: the next synced batch takes them to
+    /// the disk; a crash before then keeps them (the process died, the system's cache lived) or
+    /// loses them (the machine lost power), at random.
+    pub(crate) unsynced: Vec<Vec<Write>>,
     /// Bumped on every restart so ticks and writes of an earlier life are ignored.
     pub(crate) incarnation: u64,
     pub(crate) disk_profile: DiskProfile,
@@ -294,6 +298,8 @@ struct Lasting {
 
 /// The simulated cluster.
 pub struct World {
+    /// A violation found where it cannot be returned (in a crash), reported after the event.
+    late_violation: Option<Violation>,
     pub(crate) options: Options,
     pub(crate) rng: ChaCha8Rng,
     pub(crate) time: Millis,
@@ -364,6 +370,7 @@ impl World {
                 host: None,
                 disk: fresh_disk(&genesis),
                 writing: None,
+                unsynced: Vec::new(),
                 incarnation: 0,
                 disk_profile: DiskProfile::healthy(),
                 fail_next_write: false,
@@ -373,6 +380,7 @@ impl World {
         }
         let base_network = NetworkFaults::calm();
         let mut world = World {
+            late_violation: None,
             rng: ChaCha8Rng::seed_from_u64(rng.next_u64()),
             time: 0,
             queue: BTreeMap::new(),
@@ -653,6 +661,9 @@ impl World {
         self.time = time;
         self.stats.steps += 1;
         self.process(event)?;
+        if let Some(violation) = self.late_violation.take() {
+            return Err(violation);
+        }
         self.check_lasting()?;
         Ok(true)
     }
@@ -945,6 +956,27 @@ impl World {
         };
         // Whatever had not reached the disk is gone, and so is what waited for it.
         node.writing = None;
+        let unsynced = std::mem::take(&mut node.unsynced);
+        if !unsynced.is_empty() {
+            if self.rng.random_bool(0.5) {
+                self.note(|| format!("node {id}: its unsynced writes survive the crash"));
+                for writes in unsynced {
+                    let result = self.nodes[id as usize - 1]
+                        .disk
+                        .write(&writes)
+                        .map_err(|error| Violation {
+                            checker: "storage",
+                            detail: format!("node {id} wrote a batch its disk refuses: {error}"),
+                        })
+                        .and_then(|()| self.chosen.observe_durable(id, &writes));
+                    if let Err(violation) = result {
+                        self.late_violation.get_or_insert(violation);
+                    }
+                }
+            } else {
+                self.note(|| format!("node {id}: its unsynced writes are lost"));
+            }
+        }
         self.running.remove(&id);
         self.stats.crashes += 1;
         self.note(|| format!("node {id} crashes"));
@@ -989,15 +1021,21 @@ impl World {
         self.with_host(id, |host, environment| host.tick(environment))
     }
 
-    /// Starts writing `writes` on node `id`: they reach the disk after the disk's latency.
-    pub(crate) fn start_write(&mut self, id: NodeId, writes: Vec<Write>) {
+    /// Starts writing `writes` on node `id`: a synced batch reaches the disk after the disk's
+    /// latency; a lazy one is written at once and reaches the disk with the next synced batch.
+    pub(crate) fn start_write(&mut self, id: NodeId, writes: Vec<Write>, durability: Durability) {
         let node = &mut self.nodes[id as usize - 1];
         assert!(
             node.writing.is_none(),
             "the host starts one write at a time"
         );
-        node.writing = Some(writes);
+        node.writing = Some((writes, durability));
         let incarnation = node.incarnation;
+        if durability == Durability::Lazy {
+            let latency = self.rng.random_range(0..=1);
+            self.schedule(latency, Event::WriteDone(id, incarnation));
+            return;
+        }
         let profile = node.disk_profile.clone();
         let mut latency = self.rng.random_range(0..=DISK_SYNC_MS_MAX);
         if self.rng.random_bool(profile.spike_probability) {
@@ -1023,17 +1061,32 @@ impl World {
             return Ok(());
         }
         let node = &mut self.nodes[id as usize - 1];
-        let writes = node.writing.take().expect("a write is running");
-        node.disk.write(&writes).map_err(|error| Violation {
-            checker: "storage",
-            detail: format!("node {id} wrote a batch its disk refuses: {error}"),
-        })?;
-        self.chosen.observe_durable(id, &writes)?;
-        // The memory disk's archive sees a block as soon as it is written.
-        let archived = writes.iter().rev().find_map(|write| match write {
-            Write::AppendBlock(block) => Some(block.height),
-            _ => None,
-        });
+        let (writes, durability) = node.writing.take().expect("a write is running");
+        if durability == Durability::Lazy {
+            node.unsynced.push(writes);
+            return self.with_host(id, |host, environment| host.write_done(environment));
+        }
+        // A sync takes every lazy batch before it to the disk too, in order.
+        let mut batches = std::mem::take(&mut node.unsynced);
+        batches.push(writes);
+        let mut archived = None;
+        for writes in batches {
+            let node = &mut self.nodes[id as usize - 1];
+            node.disk.write(&writes).map_err(|error| Violation {
+                checker: "storage",
+                detail: format!("node {id} wrote a batch its disk refuses: {error}"),
+            })?;
+            self.chosen.observe_durable(id, &writes)?;
+            // The memory disk's archive sees a block as soon as it is on the disk.
+            archived = writes
+                .iter()
+                .rev()
+                .find_map(|write| match write {
+                    Write::AppendBlock(block) => Some(block.height),
+                    _ => None,
+                })
+                .or(archived);
+        }
         self.with_host(id, |host, environment| {
             host.write_done(environment);
             if let Some(height) = archived {
@@ -1076,10 +1129,27 @@ impl World {
                 host.receive(from, messages, environment)
             }),
             Packet::FetchRequest { from: height } => {
-                let blocks = self.nodes[to as usize - 1]
+                // As a node's chain reader does: the disk, then the blocks written since the last
+                // sync (decided blocks are written lazily).
+                let node = &self.nodes[to as usize - 1];
+                let mut blocks = node
                     .disk
                     .blocks(height, CATCH_UP_BLOCKS_MAX)
                     .expect("the memory disk reads");
+                let unsynced = node
+                    .unsynced
+                    .iter()
+                    .flatten()
+                    .filter_map(|write| match write {
+                        Write::AppendBlock(block) => Some(block),
+                        _ => None,
+                    });
+                for block in unsynced {
+                    let next = blocks.last().map_or(height, |last| last.height + 1);
+                    if block.height == next && blocks.len() < CATCH_UP_BLOCKS_MAX {
+                        blocks.push(block.clone());
+                    }
+                }
                 self.send(to, from, Packet::FetchResponse { blocks });
                 Ok(())
             }

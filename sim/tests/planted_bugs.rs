@@ -190,3 +190,20 @@ fn a_candidate_that_keeps_running_without_a_majority_is_caught() {
     let clean = run_seed(SEED, 7, Mode::Lasting, PlantedBugs::default(), false);
     assert!(clean.result.is_ok(), "{:?}", clean.result);
 }
+
+// Decided blocks are written lazily (no sync of their own): a crash may lose them, which is safe.
+// A vote or promise written that way is not: the checkers must see it lost.
+#[test]
+fn votes_written_without_a_sync_are_caught() {
+    assert_found(
+        PlantedBug::LazyVotes,
+        &[
+            "chosen-agreement",
+            "promises-kept",
+            "votes-kept",
+            "agreement",
+            "core-assertion",
+            "acknowledged-transfers",
+        ],
+    );
+}

@@ -44,6 +44,25 @@ pub enum Write {
     Snapshot(LedgerSnapshot),
 }
 
+impl Write {
+    /// Whether something this node tells others, or a client, rests on this write: a promise or
+    /// vote (Paxos needs it durable before the reply leaves) or a transfer taken into the pending
+    /// log (the client is told only once it survives a crash). Such writes must be synced before
+    /// anything they vouch for is released.
+    ///
+    /// The others are derived from decisions a quorum already holds durably: a decided block, the
+    /// ledger's snapshot, a transfer leaving the pending log. A node may write them lazily, synced
+    /// with the next write that vouches for something; if a crash loses them, the node still holds
+    /// the block's accepted value (written, and synced, before it) or learns the block again from
+    /// its peers, and a transfer left pending is simply found decided again.
+    pub fn vouches(&self) -> bool {
+        match self {
+            Write::Promise(_) | Write::Accept { .. } | Write::AddPending(_) => true,
+            Write::AppendBlock(_) | Write::RemovePending(_) | Write::Snapshot(_) => false,
+        }
+    }
+}
+
 /// What the acceptor and the pending log hold on disk (the chain is read separately).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AcceptorState {
