@@ -132,7 +132,7 @@ pub struct WriterOptions {
 /// What the writer thread reports.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {
-    /// The write it was given is durable.
+    /// The write it was given is done: synced, or written lazily if that is what it asked for.
     Durable,
     /// Every block up to this height is in sled, where the archive finds it.
     Archived(Height),

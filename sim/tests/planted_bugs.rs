@@ -170,12 +170,16 @@ fn heartbeats_behind_a_slow_disk_are_caught_under_lasting_faults() {
 
 // Found by the lasting mode on 7 nodes: a candidate that lost its hearing (its heartbeat replies
 // no longer arrive, its own messages still do) ran again and again with higher ballots, and its
-// Prepares deposed each leader the majority elected. The seed that found it must catch the bug
+// Prepares deposed each leader the majority elected. A seed that shows it must catch the bug
 // planted back, and pass without it. (The core's unit test
 // `a_candidate_that_no_longer_hears_a_majority_stops_running` builds the same case directly.)
+// The case is rare: when the simulator's random draws change, a new seed is searched for with
+// `benmo-sim --features planted-bugs --planted-bug rerun-without-quorum --nodes 7 --mode lasting`
+// (17,015,989 was the one hit in 18,000 seeds from 17,000,000, once decided blocks were written
+// lazily).
 #[test]
 fn a_candidate_that_keeps_running_without_a_majority_is_caught() {
-    const SEED: u64 = 17_000_099;
+    const SEED: u64 = 17_015_989;
     let report = run_seed(
         SEED,
         7,
@@ -185,7 +189,7 @@ fn a_candidate_that_keeps_running_without_a_majority_is_caught() {
     );
     let violation = report
         .result
-        .expect_err("seed 17000099 catches a candidate that keeps running");
+        .expect_err("the seed catches a candidate that keeps running");
     assert_eq!(violation.checker, "stable-leader", "{violation:?}");
     let clean = run_seed(SEED, 7, Mode::Lasting, PlantedBugs::default(), false);
     assert!(clean.result.is_ok(), "{:?}", clean.result);
