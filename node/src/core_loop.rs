@@ -133,7 +133,7 @@ pub struct WriterOptions {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {
     /// The write it was given is done: synced, or written lazily if that is what it asked for.
-    Durable,
+    Done,
     /// Every block up to this height is in sled, where the archive finds it.
     Archived(Height),
 }
@@ -176,7 +176,7 @@ pub fn start_writer(
                             std::thread::sleep(options.fsync_delay);
                         }
                     }
-                    if done.send(Written::Durable).is_err() {
+                    if done.send(Written::Done).is_err() {
                         return;
                     }
                 }
@@ -328,7 +328,7 @@ struct Context<'a> {
 impl Context<'_> {
     fn written(&mut self, host: &mut Host<Waiter>, event: Written) {
         match event {
-            Written::Durable => host.write_done(self.environment),
+            Written::Done => host.write_done(self.environment),
             Written::Archived(height) => host.archived(height),
         }
     }
