@@ -138,7 +138,23 @@ impl Scene {
             "{nodes:#?}"
         );
         assert_eq!(self.elections(), self.elections, "no election was started");
-        let committed = self.cluster.transfer(2, 3, 1).await;
+        // From the richest account: a test that ran random load first may have left any given
+        // account empty, and a refused transfer would prove nothing about the node.
+        let (code, json) = self
+            .cluster
+            .ctl_json(&["--node", &self.leader.to_string(), "balances"])
+            .await;
+        assert_eq!(code, 0, "{json}");
+        let richest = json["balances"]
+            .as_array()
+            .expect("balances")
+            .iter()
+            .max_by_key(|entry| entry["balance"].as_u64().expect("a balance"))
+            .and_then(|entry| entry["account"].as_u64())
+            .expect("an account") as u32;
+        let to = if richest == 1 { 2 } else { 1 };
+        let committed = self.cluster.transfer(richest, to, 1).await;
+        assert_eq!(committed["outcome"]["status"], "applied", "{committed}");
         self.cluster
             .wait_until_converged(committed["height"].as_u64().expect("height"))
             .await;
