@@ -473,6 +473,26 @@ mod tests {
         fn frames_to(&self, peer: NodeId) -> usize {
             self.sent.iter().filter(|(to, _)| *to == peer).count()
         }
+
+        /// The Accept sent to `peer`; `why` says why one must have left.
+        fn accept_sent_to(&self, peer: NodeId, why: &str) -> Accept {
+            self.sent_to(peer)
+                .into_iter()
+                .find_map(|message| match message {
+                    Message::Accept(accept) => Some(accept.clone()),
+                    _ => None,
+                })
+                .expect(why)
+        }
+    }
+
+    /// `peer` votes for `accept`.
+    fn vote(host: &mut Host<u32>, env: &mut Recorder, peer: NodeId, accept: &Accept) {
+        let accepted = benmo_paxos::message::Accepted {
+            ballot: accept.ballot,
+            slot: accept.slot,
+        };
+        host.receive(peer, vec![Message::Accepted(accepted)], env);
     }
 
     impl Environment for Recorder {
@@ -667,23 +687,8 @@ mod tests {
         ));
         // The leader's own vote counts once its write is done; node 2's vote makes a majority.
         host.write_done(&mut env);
-        let accept = env
-            .sent_to(2)
-            .into_iter()
-            .find_map(|message| match message {
-                Message::Accept(accept) => Some(accept.clone()),
-                _ => None,
-            })
-            .expect("the Accept left at once");
-        let Accept { ballot, slot, .. } = accept;
-        host.receive(
-            2,
-            vec![Message::Accepted(benmo_paxos::message::Accepted {
-                ballot,
-                slot,
-            })],
-            &mut env,
-        );
+        let accept = env.accept_sent_to(2, "the Accept left at once");
+        vote(&mut host, &mut env, 2, &accept);
         host.flush(&mut env);
         let waiters: Vec<u32> = env.answers[1..].iter().map(|(waiter, _)| *waiter).collect();
         assert_eq!(waiters, vec![10, 11]);
@@ -695,23 +700,9 @@ mod tests {
         let (mut host, mut env) = leader();
         host.propose(transfer("a", 1, 2, 5), 1, &mut env);
         host.flush(&mut env);
-        let accept = env
-            .sent_to(2)
-            .into_iter()
-            .find_map(|message| match message {
-                Message::Accept(accept) => Some(accept.clone()),
-                _ => None,
-            })
-            .expect("the Accept leaves while the vote is written");
+        let accept = env.accept_sent_to(2, "the Accept leaves while the vote is written");
         // Node 2 votes before the leader's own write is done: one durable vote of three.
-        host.receive(
-            2,
-            vec![Message::Accepted(benmo_paxos::message::Accepted {
-                ballot: accept.ballot,
-                slot: accept.slot,
-            })],
-            &mut env,
-        );
+        vote(&mut host, &mut env, 2, &accept);
         host.flush(&mut env);
         assert!(
             env.appended.is_empty(),
@@ -732,22 +723,8 @@ mod tests {
             vec![Durability::Synced],
             "the vote is synced"
         );
-        let accept = env
-            .sent_to(2)
-            .into_iter()
-            .find_map(|message| match message {
-                Message::Accept(accept) => Some(accept.clone()),
-                _ => None,
-            })
-            .expect("the Accept left");
-        host.receive(
-            2,
-            vec![Message::Accepted(benmo_paxos::message::Accepted {
-                ballot: accept.ballot,
-                slot: accept.slot,
-            })],
-            &mut env,
-        );
+        let accept = env.accept_sent_to(2, "the Accept left");
+        vote(&mut host, &mut env, 2, &accept);
         host.write_done(&mut env);
         assert!(matches!(env.answers[..], [(1, Ok(_))]), "decided");
         assert_eq!(env.writes.len(), 2);

@@ -7,8 +7,8 @@
 //!
 //! A crash can leave the last record of the last segment torn (cut short, or with a wrong CRC),
 //! or lose the lazy records at its end; none of them was synced, so opening the log cuts a torn
-//! one off. A segment is synced before the next one starts, so that only the log's end can tear. A bad record anywhere else is
-//! corruption, and opening refuses.
+//! one off. A segment is synced before the next one starts, so that only the log's end can tear.
+//! A bad record anywhere else is corruption, and opening refuses.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};

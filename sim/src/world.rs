@@ -961,15 +961,7 @@ impl World {
             if self.rng.random_bool(0.5) {
                 self.note(|| format!("node {id}: its unsynced writes survive the crash"));
                 for writes in unsynced {
-                    let result = self.nodes[id as usize - 1]
-                        .disk
-                        .write(&writes)
-                        .map_err(|error| Violation {
-                            checker: "storage",
-                            detail: format!("node {id} wrote a batch its disk refuses: {error}"),
-                        })
-                        .and_then(|()| self.chosen.observe_durable(id, &writes));
-                    if let Err(violation) = result {
+                    if let Err(violation) = self.reach_disk(id, &writes) {
                         self.late_violation.get_or_insert(violation);
                     }
                 }
@@ -1019,6 +1011,18 @@ impl World {
         }
         self.schedule(TICK_MS, Event::Tick(id, incarnation));
         self.with_host(id, |host, environment| host.tick(environment))
+    }
+
+    /// `writes` reach node `id`'s disk: they survive any crash from now on.
+    fn reach_disk(&mut self, id: NodeId, writes: &[Write]) -> Result<(), Violation> {
+        self.nodes[id as usize - 1]
+            .disk
+            .write(writes)
+            .map_err(|error| Violation {
+                checker: "storage",
+                detail: format!("node {id} wrote a batch its disk refuses: {error}"),
+            })?;
+        self.chosen.observe_durable(id, writes)
     }
 
     /// Starts writing `writes` on node `id`: a synced batch reaches the disk after the disk's
@@ -1071,12 +1075,7 @@ impl World {
         batches.push(writes);
         let mut archived = None;
         for writes in batches {
-            let node = &mut self.nodes[id as usize - 1];
-            node.disk.write(&writes).map_err(|error| Violation {
-                checker: "storage",
-                detail: format!("node {id} wrote a batch its disk refuses: {error}"),
-            })?;
-            self.chosen.observe_durable(id, &writes)?;
+            self.reach_disk(id, &writes)?;
             // The memory disk's archive sees a block as soon as it is on the disk.
             archived = writes
                 .iter()
