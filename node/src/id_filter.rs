@@ -9,7 +9,7 @@
 //! The filter lives only in memory. It is built from the index itself, by a thread of its own that
 //! the node starts once it serves (so a start is no slower); until that scan ends the filter is
 //! *incomplete* and answers "maybe" for everything, so a lookup falls back to sled. Every id indexed while the node runs is added to it
-//! before its bucket is written, so once the scan is done a "no" is always true: the scan covers
+//! before its run is written, so once the scan is done a "no" is always true: the scan covers
 //! what was indexed before it began, and the writer covers the rest.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -11,7 +11,7 @@
 //! | `c` + height (u64 BE)| a block of the chain (protobuf)        |
 //! | `q` + transfer id    | a pending transfer (protobuf)          |
 //! | `s`                  | the ledger's state at the head block (see [`encode_snapshot`]) |
-//! | `i` + bucket (u32 BE)| the dedup index: for each id that hashes to the bucket, a hash of it and where it was first ordered (see [`IndexBucket`]) |
+//! | `r`, `k`             | the dedup index: sorted runs of id hashes and where each id was first ordered (see [`crate::dedup_index`]) |
 //! | `w`                  | the end of the last write-ahead log record applied here |
 //!
 //! The dedup index is the ledger's [`Archive`]: the core keeps only recent transfer ids in memory
@@ -19,12 +19,13 @@
 //! chain, so memory and start-up time stay flat however long the chain grows. An [`IdFilter`] in
 //! memory answers for ids the index does not hold (every new transfer) without reading sled.
 //!
-//! The index is bucketed, not one key per id, because sled's cost is per key: its leaves hold at
-//! most 16 keys and it keeps a page-table entry per leaf in memory and reads all of them when it
-//! opens. With one key per id, a node with 10M transfers took 0.2–1.25 s and 423 MiB to start;
-//! [`INDEX_BUCKETS`] caps the index's keys however many transfers the chain holds. What still grows
-//! is a first start after a long run: sled 0.34 snapshots its page table only when it opens, so it
-//! first replays what was written since (3.8 s after a life of 10M transfers on a 2-core machine).
+//! The index holds a key per 256 ids, not one per id, because sled's cost is per key: its leaves
+//! hold at most 16 keys and it keeps a page-table entry per leaf in memory and reads all of them
+//! when it opens. With one key per id, a node with 10M transfers took 0.2–1.25 s and 423 MiB to
+//! start. What still grows is a first start after a long run: sled 0.34 snapshots its page table
+//! only when it opens, so it first replays what was written since. Earlier formats of the index
+//! (`x` + id, one key per id; `i` + bucket, entries bucketed by hash) are moved into runs when a
+//! store is opened.
 //!
 //! Durability comes from the write-ahead log ([`crate::wal`]), not from sled: [`SledStorage::write`]
 //! appends the batch to the log as one record and `fdatasync`s it (one sync per group of writes,
@@ -52,11 +53,15 @@ use benmo_paxos::{
 };
 use prost::Message;
 
+use crate::dedup_index::{decode_entries, id_hash, DedupIndex, IndexEntry, RUN_CHUNK};
 use crate::id_filter::IdFilter;
 use crate::wal::{Position, Wal, WalError};
 
-/// The on-disk format this code writes and reads.
-const FORMAT: &[u8] = b"benmo-sled-v1";
+/// The on-disk format this code writes and reads. Version 2 keeps the dedup index in runs: a
+/// binary that knows only version 1 would not see them, so it must refuse such a store.
+const FORMAT: &[u8] = b"benmo-sled-v2";
+/// The format before the index moved to runs: opened, and moved over.
+const FORMAT_V1: &[u8] = b"benmo-sled-v1";
 /// sled writes an item larger than a quarter of a segment as a separate "blob" file, without any
 /// sync at all. With 8 MiB segments no block (at most 10,000 transfers) comes near that.
 const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
@@ -70,15 +75,13 @@ const CHAIN: u8 = b'c';
 const PENDING: u8 = b'q';
 const SNAPSHOT: u8 = b's';
 const WAL_POSITION: u8 = b'w';
-/// The dedup index's buckets.
-const INDEX: u8 = b'i';
-/// The dedup index of earlier versions, one key per id (`x` + id): moved into buckets on opening.
+/// The dedup index of format 1, bucketed by hash (`i` + bucket, u32 BE): moved into runs on opening.
+const INDEX_BUCKETS: u8 = b'i';
+/// The dedup index before buckets, one key per id (`x` + id): moved into runs on opening.
 const INDEX_PER_ID: u8 = b'x';
-/// How many buckets the dedup index has: at 10M transfers a bucket holds about 19 ids (380 bytes),
-/// which is what each new id's insert rewrites.
-const INDEX_BUCKETS: u32 = 1 << 19;
-/// Old index keys moved per batch when an earlier version's store is opened.
-const MIGRATE_BATCH_KEYS: usize = 65_536;
+/// Old index keys moved per batch when an earlier version's store is opened: at 10M ids, about
+/// 300,000 ids (6 MiB) from buckets.
+const MIGRATE_BATCH_KEYS: usize = 16_384;
 
 /// Who a data directory belongs to. A node refuses a directory written for anyone else.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +172,10 @@ pub struct SledStorage {
     promised: Ballot,
     /// Every id in the dedup index, once [`IdFilterScan`] has run (see [`crate::id_filter`]).
     filter: Arc<IdFilter>,
+    /// The dedup index.
+    index: Arc<DedupIndex>,
+    /// Wakes the thread that merges the index's runs.
+    merges: std::sync::mpsc::Sender<()>,
 }
 
 /// Writes waiting to be applied to sled, in order, with the log position they end at.
@@ -218,7 +225,7 @@ fn write_marker(marker: &Path, identity: &Identity) -> Result<(), StorageError> 
 
 /// How sled is opened. Its own periodic flush is off: every batch is flushed and synced. Its cache
 /// is capped well below sled's default of 1 GiB, so a node's memory stays flat as its chain grows
-/// (the hot reads, recent blocks and index buckets, fit easily).
+/// (the hot reads, recent blocks and the index chunks a lookup reads, fit easily).
 fn sled_config(path: &Path) -> sled::Config {
     sled::Config::new()
         .path(path)
@@ -240,16 +247,22 @@ fn describe_key(key: &[u8]) -> String {
             let number = u64::from_be_bytes(rest.try_into().expect("8 bytes"));
             format!("{}{number}", *prefix as char)
         }
-        Some((&INDEX, rest)) if rest.len() == 4 => {
+        Some((&INDEX_BUCKETS, rest)) if rest.len() == 4 => {
             let bucket = u32::from_be_bytes(rest.try_into().expect("4 bytes"));
             format!("index bucket {bucket}")
+        }
+        Some((&RUN_CHUNK, rest)) if rest.len() == 16 => {
+            let run = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+            let first = u64::from_be_bytes(rest[8..].try_into().expect("8 bytes"));
+            format!("index run {run} chunk {first:016x}")
         }
         Some((prefix, rest)) => format!("{}{}", *prefix as char, String::from_utf8_lossy(rest)),
         None => "(empty key)".to_string(),
     }
 }
 
-fn corrupted(key: &[u8], reason: impl ToString) -> StorageError {
+/// The error for a stored record at `key` that does not read.
+pub(crate) fn corrupted(key: &[u8], reason: impl ToString) -> StorageError {
     StorageError::Corrupted {
         key: describe_key(key),
         reason: reason.to_string(),
@@ -394,7 +407,7 @@ fn decode_record(payload: &[u8]) -> Result<Vec<Write>, StorageError> {
 /// Adds every id in the dedup index to the store's filter, then marks it complete (see
 /// [`crate::id_filter`]). Ids indexed meanwhile are added by the writer, so it may run at any time.
 pub struct IdFilterScan {
-    tree: sled::Tree,
+    index: Arc<DedupIndex>,
     filter: Arc<IdFilter>,
 }
 
@@ -413,18 +426,12 @@ impl IdFilterScan {
 
     /// Runs the scan here.
     pub fn run(self) -> Result<(), StorageError> {
-        for item in self.tree.scan_prefix([INDEX]) {
-            if Arc::strong_count(&self.filter) == 1 {
-                // The store and its archives are gone: nobody will ask, and sled's lock is
-                // released sooner.
-                return Ok(());
-            }
-            let (bucket_key, bytes) = item?;
-            for entry in IndexBucket::decode(&bucket_key, &bytes)?.entries {
-                self.filter.insert(entry.hash);
-            }
+        // Once the store and its archives are gone nobody will ask, and sled's lock is released
+        // sooner.
+        let wanted = || Arc::strong_count(&self.filter) > 1;
+        if self.index.fill(&self.filter, wanted)? {
+            self.filter.mark_complete();
         }
-        self.filter.mark_complete();
         Ok(())
     }
 }
@@ -464,6 +471,33 @@ fn start_checkpoints(
             }
         })
         .map_err(io)?;
+    Ok(sender)
+}
+
+/// Starts the thread that merges the dedup index's runs when woken. It ends when the store is
+/// dropped. A merge that fails leaves the runs as they were, all still read by lookups.
+fn start_merges(index: Arc<DedupIndex>) -> Result<std::sync::mpsc::Sender<()>, StorageError> {
+    let (sender, requests) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("benmo-index".to_string())
+        .spawn(move || {
+            while requests.recv().is_ok() {
+                loop {
+                    match index.merge_once() {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot merge the dedup index's runs");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|source| StorageError::Io {
+            path: PathBuf::from("(thread benmo-index)"),
+            source,
+        })?;
     Ok(sender)
 }
 
@@ -551,6 +585,8 @@ impl SledStorage {
         let wal_folder = path.join(WAL_FOLDER);
         let (wal, replay) = Wal::open(&wal_folder, applied)?;
         let checkpoints = start_checkpoints(db.clone(), tree.clone(), data_file, wal_folder)?;
+        let index = Arc::new(DedupIndex::open(tree.clone())?);
+        let merges = start_merges(index.clone())?;
         let mut storage = SledStorage {
             path: path.to_path_buf(),
             db,
@@ -563,9 +599,15 @@ impl SledStorage {
             height: None,
             promised: Ballot::ZERO,
             filter: Arc::new(IdFilter::new()),
+            index,
+            merges,
         };
-        storage.check_identity(identity)?;
+        let format = storage.check_identity(identity)?;
         storage.migrate_index()?;
+        if format != FORMAT {
+            storage.tree.insert(key(META, b"format"), FORMAT)?;
+            storage.db.flush()?;
+        }
         storage.height = storage.read_height()?;
         storage.promised = storage.read_promised()?;
         if applied == Position::default()
@@ -595,7 +637,7 @@ impl SledStorage {
     /// once it serves, so that it never slows the node's start.
     pub fn id_filter_scan(&self) -> IdFilterScan {
         IdFilterScan {
-            tree: self.tree.clone(),
+            index: self.index.clone(),
             filter: self.filter.clone(),
         }
     }
@@ -685,7 +727,9 @@ impl SledStorage {
         Ok(())
     }
 
-    fn check_identity(&self, identity: &Identity) -> Result<(), StorageError> {
+    /// Checks the store belongs to `identity` (writing the identity into an empty one); returns
+    /// the store's format, [`FORMAT`] or the earlier [`FORMAT_V1`].
+    fn check_identity(&self, identity: &Identity) -> Result<&'static [u8], StorageError> {
         let expected = vec![
             (key(META, b"format"), FORMAT.to_vec()),
             (key(META, b"node"), identity.node.to_be_bytes().to_vec()),
@@ -723,7 +767,7 @@ impl SledStorage {
                 batch.insert(name, value);
             }
             self.tree.apply_batch(batch)?;
-            return Ok(());
+            return Ok(FORMAT);
         }
         let mut found = Vec::new();
         for (name, _) in &expected {
@@ -734,16 +778,22 @@ impl SledStorage {
                     .unwrap_or_default(),
             );
         }
-        if found[0] != FORMAT {
-            return Err(StorageError::WrongIdentity {
-                path: self.path.clone(),
-                found: format!("format {:?}", String::from_utf8_lossy(&found[0])),
-                expected: format!("format {:?}", String::from_utf8_lossy(FORMAT)),
-            });
-        }
+        let format = match &found[0][..] {
+            FORMAT => FORMAT,
+            FORMAT_V1 => FORMAT_V1,
+            _ => {
+                return Err(StorageError::WrongIdentity {
+                    path: self.path.clone(),
+                    found: format!("format {:?}", String::from_utf8_lossy(&found[0])),
+                    expected: format!("format {:?}", String::from_utf8_lossy(FORMAT)),
+                })
+            }
+        };
+        // The format was checked above.
         let same = expected
             .iter()
             .zip(&found)
+            .skip(1)
             .all(|((_, want), got)| want == got);
         if !same {
             return Err(StorageError::WrongIdentity {
@@ -752,7 +802,7 @@ impl SledStorage {
                 expected: expected_text,
             });
         }
-        Ok(())
+        Ok(format)
     }
 
     fn read_height(&self) -> Result<Option<Height>, StorageError> {
@@ -781,7 +831,7 @@ impl SledStorage {
         // Pending-log keys added within the batch: a transfer enters the pending log once.
         let mut pending_added = std::collections::HashSet::new();
         let mut settled_through = None;
-        let mut indexed: BTreeMap<u32, Vec<IndexEntry>> = BTreeMap::new();
+        let mut indexed = Vec::new();
         for write in writes {
             match write {
                 Write::Promise(ballot) => {
@@ -811,12 +861,11 @@ impl SledStorage {
                     );
                     for (index, entry) in block.entries.iter().enumerate() {
                         if !matches!(entry.outcome, benmo_paxos::Outcome::Duplicate { .. }) {
-                            let (bucket, entry) = IndexEntry::new(
+                            indexed.push(IndexEntry::new(
                                 entry.transfer.id.as_str(),
                                 block.height,
                                 index as u32,
-                            );
-                            indexed.entry(bucket).or_default().push(entry);
+                            ));
                         }
                     }
                 }
@@ -857,31 +906,35 @@ impl SledStorage {
                 None => batch.remove(key),
             }
         }
-        self.index_into(&mut batch, indexed)?;
+        let run = self.index_into(&mut batch, indexed);
         batch.insert(vec![WAL_POSITION], position.to_bytes().to_vec());
         self.tree.apply_batch(batch)?;
+        self.register(run);
         Ok(())
     }
 
-    /// Adds `entries` to their stored buckets, in `batch`. Entries a bucket holds already (a log
-    /// record applied again) are left as they are: the first stays.
+    /// Stages `entries` as a new run of the dedup index, in `batch`; [`SledStorage::register`]
+    /// it once the batch is applied.
     fn index_into(
         &self,
         batch: &mut sled::Batch,
-        entries: BTreeMap<u32, Vec<IndexEntry>>,
-    ) -> Result<(), StorageError> {
-        for (bucket, entries) in entries {
-            // Into the filter before the bucket is written: a lookup may rely on it from then on.
-            for entry in &entries {
-                self.filter.insert(entry.hash);
-            }
-            let bucket_key = key(INDEX, &bucket.to_be_bytes());
-            let mut stored = IndexBucket::read(&self.tree, &bucket_key)?;
-            if stored.add(entries) {
-                batch.insert(bucket_key, stored.encode());
+        entries: Vec<IndexEntry>,
+    ) -> Option<crate::dedup_index::StagedRun> {
+        // Into the filter before the run is written: a lookup may rely on it from then on.
+        for entry in &entries {
+            self.filter.insert(entry.hash);
+        }
+        self.index.stage(batch, entries)
+    }
+
+    /// Makes a staged run visible to lookups, and wakes the merges if it completes a tier.
+    fn register(&self, run: Option<crate::dedup_index::StagedRun>) {
+        if let Some(run) = run {
+            if self.index.register(run) {
+                // The thread is gone only if it panicked; the runs then just stay unmerged.
+                let _ = self.merges.send(());
             }
         }
-        Ok(())
     }
 
     /// Follows the promise and the chain's height through `writes`, which are durable.
@@ -976,6 +1029,7 @@ impl SledStorage {
         let archive = SledArchive {
             tree: self.tree.clone(),
             filter: self.filter.clone(),
+            index: self.index.clone(),
         };
         Ok(archive.read(id)?.map(|record| record.height))
     }
@@ -991,54 +1045,51 @@ impl SledStorage {
     /// The number of ids in the dedup index.
     pub fn indexed_transfers(&self) -> Result<usize, StorageError> {
         self.apply_backlog()?;
-        let mut count = 0;
-        for item in self.tree.scan_prefix([INDEX]) {
-            let (key, bytes) = item?;
-            count += IndexBucket::decode(&key, &bytes)?.entries.len();
-        }
-        Ok(count)
+        Ok(self.index.len() as usize)
     }
 
-    /// Moves an earlier version's dedup index (one key per id) into buckets, a batch at a time;
-    /// each batch moves its keys atomically, so a crash in between loses nothing.
+    /// Moves the dedup index of earlier versions (one key per id, or buckets) into runs, a batch
+    /// at a time; each batch moves its keys atomically, so a crash in between loses nothing.
     fn migrate_index(&self) -> Result<(), StorageError> {
         let mut moved = 0usize;
-        loop {
-            let mut old_keys = Vec::new();
-            let mut by_bucket: BTreeMap<u32, Vec<IndexEntry>> = BTreeMap::new();
-            for item in self
-                .tree
-                .scan_prefix([INDEX_PER_ID])
-                .take(MIGRATE_BATCH_KEYS)
-            {
-                let (old_key, place) = item?;
-                let id = std::str::from_utf8(&old_key[1..])
-                    .map_err(|_| corrupted(&old_key, "an id is ASCII"))?;
-                if place.len() != 12 {
-                    return Err(corrupted(&old_key, "an index entry is 12 bytes"));
+        for prefix in [INDEX_PER_ID, INDEX_BUCKETS] {
+            loop {
+                let mut old_keys = Vec::new();
+                let mut entries = Vec::new();
+                for item in self.tree.scan_prefix([prefix]).take(MIGRATE_BATCH_KEYS) {
+                    let (old_key, value) = item?;
+                    if prefix == INDEX_BUCKETS {
+                        entries.extend(decode_entries(&old_key, &value)?);
+                    } else {
+                        let id = std::str::from_utf8(&old_key[1..])
+                            .map_err(|_| corrupted(&old_key, "an id is ASCII"))?;
+                        if value.len() != 12 {
+                            return Err(corrupted(&old_key, "an index entry is 12 bytes"));
+                        }
+                        entries.push(IndexEntry::new(
+                            id,
+                            be_u64(&old_key, &value[..8])?,
+                            u32::from_be_bytes(value[8..].try_into().expect("4 bytes")),
+                        ));
+                    }
+                    old_keys.push(old_key);
                 }
-                let (bucket, entry) = IndexEntry::new(
-                    id,
-                    be_u64(&old_key, &place[..8])?,
-                    u32::from_be_bytes(place[8..].try_into().expect("4 bytes")),
-                );
-                by_bucket.entry(bucket).or_default().push(entry);
-                old_keys.push(old_key);
+                if old_keys.is_empty() {
+                    break;
+                }
+                moved += entries.len();
+                let mut batch = sled::Batch::default();
+                let run = self.index_into(&mut batch, entries);
+                for old_key in old_keys {
+                    batch.remove(old_key);
+                }
+                self.tree.apply_batch(batch)?;
+                self.register(run);
             }
-            if old_keys.is_empty() {
-                break;
-            }
-            let mut batch = sled::Batch::default();
-            self.index_into(&mut batch, by_bucket)?;
-            moved += old_keys.len();
-            for old_key in old_keys {
-                batch.remove(old_key);
-            }
-            self.tree.apply_batch(batch)?;
         }
         if moved > 0 {
             self.db.flush()?;
-            tracing::info!(ids = moved, "moved the dedup index into buckets");
+            tracing::info!(ids = moved, "moved the dedup index into runs");
         }
         Ok(())
     }
@@ -1106,6 +1157,7 @@ impl Storage for SledStorage {
         Arc::new(SledArchive {
             tree: self.tree.clone(),
             filter: self.filter.clone(),
+            index: self.index.clone(),
         })
     }
 }
@@ -1116,19 +1168,19 @@ impl Storage for SledStorage {
 struct SledArchive {
     tree: sled::Tree,
     filter: Arc<IdFilter>,
+    index: Arc<DedupIndex>,
 }
 
 impl SledArchive {
     fn read(&self, id: &TransferId) -> Result<Option<Record>, StorageError> {
-        let (bucket, hash) = index_place(id.as_str());
+        let hash = id_hash(id.as_str());
         if !self.filter.may_contain(hash) {
             return Ok(None);
         }
-        let index_key = key(INDEX, &bucket.to_be_bytes());
-        let candidates = IndexBucket::read(&self.tree, &index_key)?.entries;
         // Almost always one candidate at most; another id with the same 64-bit hash is skipped.
-        for place in candidates.iter().filter(|place| place.hash == hash) {
+        for place in self.index.candidates(hash)? {
             let height = place.height;
+            let index_key = format!("the dedup index entry of {id}").into_bytes();
             let block = read_blocks(&self.tree, height, 1)?
                 .pop()
                 .ok_or_else(|| corrupted(&index_key, format!("names missing block {height}")))?;
@@ -1154,94 +1206,6 @@ impl Archive for SledArchive {
             Ok(record) => record,
             Err(error) => panic!("cannot read the dedup index: {error}"),
         }
-    }
-}
-
-/// Where a transfer id lives in the dedup index: its bucket and a 64-bit hash naming it within
-/// the bucket, both from its SHA-256, so the layout on disk depends on nothing but the id.
-fn index_place(id: &str) -> (u32, u64) {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(id.as_bytes());
-    let bucket = u32::from_be_bytes(digest[..4].try_into().expect("4 bytes")) % INDEX_BUCKETS;
-    let hash = u64::from_be_bytes(digest[4..12].try_into().expect("8 bytes"));
-    (bucket, hash)
-}
-
-/// Where a transfer id was first ordered. The id itself is in the block; an entry holds only its
-/// hash, so a reader checks the block's entry and reads on past another id with the same hash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct IndexEntry {
-    hash: u64,
-    height: Height,
-    /// The transfer's position in its block.
-    entry: u32,
-}
-
-impl IndexEntry {
-    fn new(id: &str, height: Height, entry: u32) -> (u32, IndexEntry) {
-        let (bucket, hash) = index_place(id);
-        (
-            bucket,
-            IndexEntry {
-                hash,
-                height,
-                entry,
-            },
-        )
-    }
-}
-
-/// The bytes of one [`IndexEntry`]: hash (u64 BE), height (u64 BE), position (u32 BE).
-const INDEX_ENTRY_BYTES: usize = 20;
-
-/// One bucket of the dedup index: its entries in the order they were first ordered.
-#[derive(Debug, Default)]
-struct IndexBucket {
-    entries: Vec<IndexEntry>,
-}
-
-impl IndexBucket {
-    fn read(tree: &sled::Tree, bucket_key: &[u8]) -> Result<IndexBucket, StorageError> {
-        match tree.get(bucket_key)? {
-            None => Ok(IndexBucket::default()),
-            Some(bytes) => IndexBucket::decode(bucket_key, &bytes),
-        }
-    }
-
-    fn decode(bucket_key: &[u8], bytes: &[u8]) -> Result<IndexBucket, StorageError> {
-        if bytes.len() % INDEX_ENTRY_BYTES != 0 {
-            return Err(corrupted(bucket_key, "a truncated index entry"));
-        }
-        let entries = bytes
-            .chunks_exact(INDEX_ENTRY_BYTES)
-            .map(|entry| IndexEntry {
-                hash: u64::from_be_bytes(entry[..8].try_into().expect("8 bytes")),
-                height: u64::from_be_bytes(entry[8..16].try_into().expect("8 bytes")),
-                entry: u32::from_be_bytes(entry[16..].try_into().expect("4 bytes")),
-            })
-            .collect();
-        Ok(IndexBucket { entries })
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(self.entries.len() * INDEX_ENTRY_BYTES);
-        for entry in &self.entries {
-            bytes.extend_from_slice(&entry.hash.to_be_bytes());
-            bytes.extend_from_slice(&entry.height.to_be_bytes());
-            bytes.extend_from_slice(&entry.entry.to_be_bytes());
-        }
-        bytes
-    }
-
-    /// Adds the entries not in the bucket yet; says whether anything changed.
-    fn add(&mut self, entries: Vec<IndexEntry>) -> bool {
-        let before = self.entries.len();
-        for entry in entries {
-            if !self.entries.contains(&entry) {
-                self.entries.push(entry);
-            }
-        }
-        self.entries.len() != before
     }
 }
 
@@ -1479,36 +1443,61 @@ mod tests {
     }
 
     #[test]
-    fn ids_sharing_a_bucket_each_find_their_own_block() {
-        // Two ids in one bucket, written in different blocks, and a third in the first block.
-        let mut seen = std::collections::HashMap::new();
-        let (first, second) = (0..)
-            .map(|n| format!("t{n}"))
-            .find_map(|id| {
-                let bucket = index_place(&id).0;
-                seen.insert(bucket, id.clone()).map(|earlier| (earlier, id))
-            })
-            .unwrap();
-        assert_eq!(index_place(&first).0, index_place(&second).0);
+    fn ids_in_one_block_and_in_later_ones_each_find_their_own_block() {
         let directory = tempfile::tempdir().unwrap();
         let (mut store, mut ledger) = fresh(&directory);
-        let one = block_of(&mut ledger, &[first.clone(), "other".to_string()]);
-        let two = block_of(&mut ledger, std::slice::from_ref(&second));
-        store
-            .write(&[Write::AppendBlock(one), Write::AppendBlock(two)])
-            .unwrap();
+        let one = block_of(&mut ledger, &["first".to_string(), "other".to_string()]);
+        let two = block_of(&mut ledger, &["second".to_string()]);
+        store.write(&[Write::AppendBlock(one)]).unwrap();
+        store.apply_backlog().unwrap();
+        store.write(&[Write::AppendBlock(two)]).unwrap();
         store.apply_backlog().unwrap();
         let archive = store.archive();
         let found = |id: &str| archive.lookup(&TransferId::new(id).unwrap());
-        assert_eq!(found(&first).map(|record| record.height), Some(1));
-        assert_eq!(found("other").map(|record| record.height), Some(1));
-        let record = found(&second).unwrap();
-        assert_eq!(
-            (record.height, record.transfer.id.as_str()),
-            (2, second.as_str())
-        );
+        assert_eq!(found("first").map(|record| record.height), Some(1));
+        let record = found("other").unwrap();
+        assert_eq!((record.height, record.transfer.id.as_str()), (1, "other"));
+        assert_eq!(found("second").map(|record| record.height), Some(2));
         assert!(found("never-seen").is_none());
         assert_eq!(store.indexed_transfers().unwrap(), 3);
+    }
+
+    /// Many batches, each a run, merged in the background while they are looked up.
+    #[test]
+    fn every_id_is_found_while_runs_are_merged() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let (mut store, mut ledger) = fresh(&directory);
+        let mut ids = Vec::new();
+        for height in 1..=120u64 {
+            let block: Vec<String> = (0..height % 40 + 1)
+                .map(|n| format!("b{height}-{n}"))
+                .collect();
+            store
+                .write(&[Write::AppendBlock(block_of(&mut ledger, &block))])
+                .unwrap();
+            store.apply_backlog().unwrap();
+            ids.extend(block.into_iter().map(|id| (id, height)));
+            let (id, height) = &ids[(height as usize * 7) % ids.len()];
+            let id = TransferId::new(id.clone()).unwrap();
+            assert_eq!(store.first_height(&id).unwrap(), Some(*height));
+        }
+        // Whatever the merge thread has not merged yet is merged here; the tiers bound the rest.
+        while store.index.merge_once().unwrap() {}
+        assert!(store.index.runs() <= 19, "{} runs", store.index.runs());
+        assert_eq!(store.indexed_transfers().unwrap(), ids.len());
+        store.checkpoint().unwrap();
+        drop(store);
+        let store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
+        store.id_filter_scan().run().unwrap();
+        let archive = store.archive();
+        for (id, height) in &ids {
+            let record = archive.lookup(&TransferId::new(id.clone()).unwrap());
+            assert_eq!(record.map(|record| record.height), Some(*height), "{id}");
+        }
+        assert!(archive
+            .lookup(&TransferId::new("never-seen").unwrap())
+            .is_none());
     }
 
     #[test]
@@ -1592,20 +1581,28 @@ mod tests {
             .write(&[Write::AppendBlock(one), Write::AppendBlock(two)])
             .unwrap();
         store.apply_backlog().unwrap();
-        // As if "b" (block 1) had the same 64-bit hash as "a" and came first in its bucket.
-        let (bucket, entry) = IndexEntry::new("a", 1, 0);
-        let bucket_key = key(INDEX, &bucket.to_be_bytes());
-        let mut stored = IndexBucket::read(&store.tree, &bucket_key).unwrap();
-        stored.entries.insert(0, entry);
-        store.tree.insert(&bucket_key, stored.encode()).unwrap();
+        // As if "b" (block 1) had the same 64-bit hash as "a": an entry for "a" that names it.
+        let mut batch = sled::Batch::default();
+        let run = store.index_into(&mut batch, vec![IndexEntry::new("a", 1, 0)]);
+        store.tree.apply_batch(batch).unwrap();
+        store.register(run);
         let id = TransferId::new("a").unwrap();
         assert_eq!(store.first_height(&id).unwrap(), Some(2));
         let record = store.archive().lookup(&id).unwrap();
         assert_eq!(record.transfer.id, id);
     }
 
+    /// Removes the store's dedup index runs, as if it had never held any.
+    fn remove_runs(store: &SledStorage) {
+        for prefix in [crate::dedup_index::RUN_META, RUN_CHUNK] {
+            for item in store.tree.scan_prefix([prefix]).keys() {
+                store.tree.remove(item.unwrap()).unwrap();
+            }
+        }
+    }
+
     #[test]
-    fn an_earlier_versions_index_is_moved_into_buckets() {
+    fn an_index_of_one_key_per_id_is_moved_into_runs() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("data");
         let (mut store, mut ledger) = fresh(&directory);
@@ -1614,10 +1611,8 @@ mod tests {
             .write(&[Write::AppendBlock(block_of(&mut ledger, &ids))])
             .unwrap();
         store.checkpoint().unwrap();
-        // Rewrite the index as the earlier version kept it: one key per id.
-        for item in store.tree.scan_prefix([INDEX]).keys() {
-            store.tree.remove(item.unwrap()).unwrap();
-        }
+        // Rewrite the index as the earliest version kept it: one key per id.
+        remove_runs(&store);
         for (entry, id) in ids.iter().enumerate() {
             let mut place = 1u64.to_be_bytes().to_vec();
             place.extend_from_slice(&(entry as u32).to_be_bytes());
@@ -1627,7 +1622,6 @@ mod tests {
                 .unwrap();
         }
         store.db.flush().unwrap();
-        assert_eq!(store.indexed_transfers().unwrap(), 0);
         drop(store);
         let store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
         assert_eq!(store.tree.scan_prefix([INDEX_PER_ID]).count(), 0);
@@ -1639,7 +1633,70 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_index_bucket_is_an_error_not_a_miss() {
+    fn a_format_1_store_has_its_buckets_moved_into_runs_and_is_marked_format_2() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let (mut store, mut ledger) = fresh(&directory);
+        let ids: Vec<String> = (0..300).map(|n| format!("v1-{n}")).collect();
+        store
+            .write(&[Write::AppendBlock(block_of(&mut ledger, &ids))])
+            .unwrap();
+        store.checkpoint().unwrap();
+        // Rewrite the store as format 1 kept it: entries in buckets of 2^19 by hash.
+        remove_runs(&store);
+        let mut buckets: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+        for (entry, id) in ids.iter().enumerate() {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(id.as_bytes());
+            let bucket = u32::from_be_bytes(digest[..4].try_into().unwrap()) % (1 << 19);
+            let bytes = buckets.entry(bucket).or_default();
+            bytes.extend_from_slice(&id_hash(id).to_be_bytes());
+            bytes.extend_from_slice(&1u64.to_be_bytes());
+            bytes.extend_from_slice(&(entry as u32).to_be_bytes());
+        }
+        for (bucket, bytes) in buckets {
+            store
+                .tree
+                .insert(key(INDEX_BUCKETS, &bucket.to_be_bytes()), bytes)
+                .unwrap();
+        }
+        store.tree.insert(key(META, b"format"), FORMAT_V1).unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
+        assert_eq!(store.tree.scan_prefix([INDEX_BUCKETS]).count(), 0);
+        assert_eq!(
+            store.tree.get(key(META, b"format")).unwrap().as_deref(),
+            Some(FORMAT)
+        );
+        assert_eq!(store.indexed_transfers().unwrap(), ids.len());
+        store.id_filter_scan().run().unwrap();
+        let archive = store.archive();
+        for id in &ids {
+            let record = archive.lookup(&TransferId::new(id.clone()).unwrap());
+            assert_eq!(record.map(|record| record.height), Some(1), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_store_of_a_later_format_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let store = SledStorage::open_node(&path, &IDENTITY).unwrap();
+        store
+            .tree
+            .insert(key(META, b"format"), b"benmo-sled-v3".to_vec())
+            .unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let error = reopen(&path, &IDENTITY, SledStorage::open_node)
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("benmo-sled-v3"), "{error}");
+    }
+
+    #[test]
+    fn a_damaged_index_run_is_an_error_not_a_miss() {
         let directory = tempfile::tempdir().unwrap();
         let (mut store, mut ledger) = fresh(&directory);
         store
@@ -1649,12 +1706,18 @@ mod tests {
             ))])
             .unwrap();
         store.apply_backlog().unwrap();
-        let bucket = key(INDEX, &index_place("a").0.to_be_bytes());
-        store.tree.insert(&bucket, b"\x05ab".to_vec()).unwrap();
+        let chunk = store
+            .tree
+            .scan_prefix([RUN_CHUNK])
+            .keys()
+            .next()
+            .unwrap()
+            .unwrap();
+        store.tree.insert(&chunk, b"\x05ab".to_vec()).unwrap();
         let error = store
             .first_height(&TransferId::new("a").unwrap())
             .unwrap_err();
-        assert!(error.to_string().contains("index bucket"), "{error}");
+        assert!(error.to_string().contains("index run"), "{error}");
     }
 
     fn copy_folder(from: &Path, to: &Path) {
