@@ -61,6 +61,11 @@ fn extend(dir: &Path, blocks: u64) -> u64 {
         genesis_balance: 100,
     };
     let mut storage = SledStorage::open_node(dir, &identity).expect("open the data directory");
+    // As a node does once it serves: new ids then cost no read of the index.
+    storage
+        .id_filter_scan()
+        .run()
+        .expect("fill the dedup index's filter");
     let mut ledger = restore(&storage, 3, 100)
         .expect("restore the ledger")
         .ledger;

@@ -13,19 +13,28 @@
 //! and a sled write *per id*: measured on a 5-node cluster at 256 clients, those were 60% of each
 //! writer thread's CPU, a third of the machine's.
 //!
-//! A thread of its own merges small runs into bigger ones (size-tiered: runs of one tier, a
-//! factor [`FANOUT`] apart, are merged once [`FANOUT`] of them wait) up to [`FULL_RUN_ENTRIES`],
-//! so each id is rewritten a few times in bulk and a lookup reads a bounded number of small runs
-//! plus one chunk per full run. Lookups are rare: the [`IdFilter`] answers for every id the index
-//! does not hold, so only retries of committed transfers (and the filter's false positives) read
-//! the runs.
+//! A thread of its own merges runs into bigger ones, size-tiered: a run's tier grows with the log
+//! of its size (base [`FANOUT`]), and once [`FANOUT`] runs share a tier they are merged into one
+//! of the next. So each id is rewritten about log4(ids / 64) times, in bulk, and a lookup reads one
+//! chunk in each of at most `FANOUT - 1` runs per tier: about 15 runs at 10M ids, 20 at 100M.
+//! Lookups are rare: the [`IdFilter`] answers for every id the index does not hold, so only
+//! retries of committed transfers, the filter's false positives, and lookups before the filter is
+//! filled at start-up read the runs.
 //!
-//! Concurrency: a merge removes runs from sled and adds their union. A reader that listed the runs
-//! before and read them after would miss ids, so readers hold `swap` for reading while they read
-//! runs, and a merge applies its batch under it for writing. Runs the writer adds are read only
-//! once the ledger has archived their blocks, which is after they are registered here.
+//! A merge streams: it reads its runs chunk by chunk and writes the merged run in sled batches of
+//! [`CHUNKS_PER_BATCH`] chunks, so neither its memory nor any one batch (sled applies a batch under
+//! a lock that holds back every other write, the writer's included) grows with the runs. A marker
+//! names the merge in progress; the merged run becomes visible in one small batch that adds its
+//! size and removes its sources' sizes; only then are the sources' chunks removed. A store opened
+//! with a marker left by a crash removes whichever side's chunks the marker shows unused.
+//!
+//! Concurrency: a reader that listed the runs before a merge and read them after it would miss ids,
+//! so readers hold `swap` for reading while they read runs, and a merge makes its switch under it
+//! for writing (the sources' chunks go only after that). Runs the writer adds are read only once
+//! the ledger has archived their blocks, which is after they are registered here.
 
-use std::collections::{BTreeMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
@@ -38,15 +47,18 @@ use crate::storage::{corrupted, StorageError};
 pub(crate) const RUN_META: u8 = b'r';
 /// Key prefix of a run's chunks.
 pub(crate) const RUN_CHUNK: u8 = b'k';
+/// The key of the merge in progress: the merged run's number, then its sources' (u64 BE each).
+pub(crate) const MERGE_MARKER: u8 = b'g';
 /// Entries per chunk (5 KiB): a lookup reads one chunk per run.
 const CHUNK_ENTRIES: usize = 256;
 /// Runs below this many entries are tier 0; each tier above holds runs [`FANOUT`] times bigger.
 const TIER_BASE: u64 = 64;
 /// How many runs of one tier wait before they are merged.
 const FANOUT: usize = 4;
-/// Runs this big are never merged again: a merge rewrites at most about this many entries (1.3
-/// MiB), and a lookup reads one chunk per full run (150 runs at 10M ids).
-const FULL_RUN_ENTRIES: u64 = 65_536;
+/// Chunks per sled batch when a merge writes its run (320 KiB), and removals per batch when it
+/// removes its sources.
+const CHUNKS_PER_BATCH: usize = 64;
+const REMOVALS_PER_BATCH: usize = 1_024;
 
 /// Where a transfer was first ordered. The id itself is in the block; an entry holds only a 64-bit
 /// hash of it, so a reader checks the block's entry and reads on past another id with that hash.
@@ -156,6 +168,18 @@ pub(crate) struct DedupIndex {
 impl DedupIndex {
     /// The index stored in `tree`.
     pub(crate) fn open(tree: sled::Tree) -> Result<DedupIndex, StorageError> {
+        if let Some(marker) = tree.get([MERGE_MARKER])? {
+            let (merged, sources) = decode_marker(&marker)?;
+            let switched = tree.get(meta_key(merged))?.is_some();
+            if switched {
+                for run in sources {
+                    remove_chunks(&tree, run)?;
+                }
+            } else {
+                remove_chunks(&tree, merged)?;
+            }
+            tree.remove([MERGE_MARKER])?;
+        }
         let mut runs = BTreeMap::new();
         for item in tree.scan_prefix([RUN_META]) {
             let (key, value) = item?;
@@ -252,31 +276,67 @@ impl DedupIndex {
     /// Merges one group of runs that is due, if any; says whether it merged.
     pub(crate) fn merge_once(&self) -> Result<bool, StorageError> {
         let _merging = self.merging.lock().expect("not poisoned");
-        let Some(picked) = pick(&self.runs.read().expect("not poisoned")) else {
+        let Some(sources) = pick(&self.runs.read().expect("not poisoned")) else {
             return Ok(false);
         };
-        // Runs never change, and only this merge removes these: they are read without `swap`.
-        let mut entries = Vec::new();
-        let mut batch = sled::Batch::default();
-        for &run in &picked {
-            for item in self.tree.scan_prefix(chunk_prefix(run)) {
-                let (key, bytes) = item?;
-                entries.extend(decode_entries(&key, &bytes)?);
-                batch.remove(key);
-            }
-            batch.remove(meta_key(run));
-        }
-        entries.sort_unstable();
-        entries.dedup();
         let merged = self.next_run.fetch_add(1, Ordering::Relaxed);
-        write_run(&mut batch, merged, &entries);
-        let _swap = self.swap.write().expect("not poisoned");
-        self.tree.apply_batch(batch)?;
-        let mut runs = self.runs.write().expect("not poisoned");
-        for run in &picked {
-            runs.remove(run);
+        self.tree
+            .insert([MERGE_MARKER], encode_marker(merged, &sources))?;
+        // Runs never change, and only this merge removes these: they are read without `swap`.
+        let mut cursors = sources
+            .iter()
+            .map(|&run| RunCursor::new(&self.tree, run))
+            .collect::<Vec<_>>();
+        let mut heads = BinaryHeap::new();
+        for (source, cursor) in cursors.iter_mut().enumerate() {
+            if let Some(entry) = cursor.next()? {
+                heads.push(Reverse((entry, source)));
+            }
         }
-        runs.insert(merged, entries.len() as u64);
+        let mut chunks = ChunkBuilder::new(merged);
+        let mut batch = sled::Batch::default();
+        let mut batched = 0;
+        let mut last = None;
+        while let Some(Reverse((entry, source))) = heads.pop() {
+            if let Some(next) = cursors[source].next()? {
+                heads.push(Reverse((next, source)));
+            }
+            if last == Some(entry) {
+                continue;
+            }
+            last = Some(entry);
+            if let Some((key, bytes)) = chunks.push(entry) {
+                batch.insert(key, bytes);
+                batched += 1;
+                if batched == CHUNKS_PER_BATCH {
+                    self.tree.apply_batch(std::mem::take(&mut batch))?;
+                    batched = 0;
+                }
+            }
+        }
+        let entries = chunks.entries;
+        if let Some((key, bytes)) = chunks.finish() {
+            batch.insert(key, bytes);
+        }
+        self.tree.apply_batch(batch)?;
+        {
+            let _swap = self.swap.write().expect("not poisoned");
+            let mut switch = sled::Batch::default();
+            switch.insert(meta_key(merged), entries.to_be_bytes().to_vec());
+            for &run in &sources {
+                switch.remove(meta_key(run));
+            }
+            self.tree.apply_batch(switch)?;
+            let mut runs = self.runs.write().expect("not poisoned");
+            for run in &sources {
+                runs.remove(run);
+            }
+            runs.insert(merged, entries);
+        }
+        for &run in &sources {
+            remove_chunks(&self.tree, run)?;
+        }
+        self.tree.remove([MERGE_MARKER])?;
         Ok(true)
     }
 
@@ -315,47 +375,147 @@ impl DedupIndex {
     }
 }
 
-/// The runs to merge next: the oldest of the lowest tier that holds [`FANOUT`] runs below
-/// [`FULL_RUN_ENTRIES`], up to about that many entries in all.
+/// The runs to merge next: every run of the lowest tier that holds [`FANOUT`] of them.
 fn pick(runs: &BTreeMap<u64, u64>) -> Option<Vec<u64>> {
-    let mut tiers: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut tiers: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (&run, &entries) in runs {
-        if entries < FULL_RUN_ENTRIES {
-            tiers.entry(tier(entries)).or_default().push((run, entries));
+        tiers.entry(tier(entries)).or_default().push(run);
+    }
+    tiers.into_values().find(|runs| runs.len() >= FANOUT)
+}
+
+/// Cuts a run's sorted, distinct entries into chunks, never splitting equal hashes (so a lookup
+/// reads one chunk per run).
+struct ChunkBuilder {
+    run: u64,
+    bytes: Vec<u8>,
+    first: Option<IndexEntry>,
+    last: Option<IndexEntry>,
+    /// Entries pushed so far.
+    entries: u64,
+}
+
+impl ChunkBuilder {
+    fn new(run: u64) -> ChunkBuilder {
+        ChunkBuilder {
+            run,
+            bytes: Vec::with_capacity(CHUNK_ENTRIES * INDEX_ENTRY_BYTES),
+            first: None,
+            last: None,
+            entries: 0,
         }
     }
-    let (_, members) = tiers
-        .into_iter()
-        .find(|(_, members)| members.len() >= FANOUT)?;
-    let mut picked = Vec::new();
-    let mut total = 0;
-    for (run, entries) in members {
-        if total >= FULL_RUN_ENTRIES {
-            break;
-        }
-        picked.push(run);
-        total += entries;
+
+    /// Adds the next entry; returns the chunk it completes (key and value) if it starts a new one.
+    fn push(&mut self, entry: IndexEntry) -> Option<(Vec<u8>, Vec<u8>)> {
+        let full = self.bytes.len() >= CHUNK_ENTRIES * INDEX_ENTRY_BYTES
+            && self.last.is_some_and(|last| last.hash != entry.hash);
+        let done = if full { self.take() } else { None };
+        self.first.get_or_insert(entry);
+        self.last = Some(entry);
+        entry.encode_into(&mut self.bytes);
+        self.entries += 1;
+        done
     }
-    Some(picked)
+
+    /// The last chunk, if any entries wait.
+    fn finish(mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let first = self.first.take()?;
+        let bytes = std::mem::replace(
+            &mut self.bytes,
+            Vec::with_capacity(CHUNK_ENTRIES * INDEX_ENTRY_BYTES),
+        );
+        Some((chunk_key(self.run, first.hash), bytes))
+    }
 }
 
 /// Writes sorted, distinct `entries` as run `run`: its chunks and its size.
 fn write_run(batch: &mut sled::Batch, run: u64, entries: &[IndexEntry]) {
-    let mut start = 0;
-    while start < entries.len() {
-        let mut end = (start + CHUNK_ENTRIES).min(entries.len());
-        // Equal hashes stay in one chunk, so a lookup reads one chunk per run.
-        while end < entries.len() && entries[end].hash == entries[end - 1].hash {
-            end += 1;
+    let mut chunks = ChunkBuilder::new(run);
+    for &entry in entries {
+        if let Some((key, bytes)) = chunks.push(entry) {
+            batch.insert(key, bytes);
         }
-        let mut bytes = Vec::with_capacity((end - start) * INDEX_ENTRY_BYTES);
-        for entry in &entries[start..end] {
-            entry.encode_into(&mut bytes);
-        }
-        batch.insert(chunk_key(run, entries[start].hash), bytes);
-        start = end;
+    }
+    if let Some((key, bytes)) = chunks.finish() {
+        batch.insert(key, bytes);
     }
     batch.insert(meta_key(run), (entries.len() as u64).to_be_bytes().to_vec());
+}
+
+/// Reads one run's entries in order, a chunk at a time.
+struct RunCursor {
+    chunks: sled::Iter,
+    chunk: std::vec::IntoIter<IndexEntry>,
+}
+
+impl RunCursor {
+    fn new(tree: &sled::Tree, run: u64) -> RunCursor {
+        RunCursor {
+            chunks: tree.scan_prefix(chunk_prefix(run)),
+            chunk: Vec::new().into_iter(),
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<IndexEntry>, StorageError> {
+        loop {
+            if let Some(entry) = self.chunk.next() {
+                return Ok(Some(entry));
+            }
+            match self.chunks.next() {
+                None => return Ok(None),
+                Some(item) => {
+                    let (key, bytes) = item?;
+                    self.chunk = decode_entries(&key, &bytes)?.into_iter();
+                }
+            }
+        }
+    }
+}
+
+/// Removes every chunk of `run`, a batch at a time.
+fn remove_chunks(tree: &sled::Tree, run: u64) -> Result<(), StorageError> {
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for key in tree
+            .scan_prefix(chunk_prefix(run))
+            .keys()
+            .take(REMOVALS_PER_BATCH)
+        {
+            batch.remove(key?);
+            removed += 1;
+        }
+        if removed == 0 {
+            return Ok(());
+        }
+        tree.apply_batch(batch)?;
+    }
+}
+
+fn encode_marker(merged: u64, sources: &[u64]) -> Vec<u8> {
+    std::iter::once(merged)
+        .chain(sources.iter().copied())
+        .flat_map(u64::to_be_bytes)
+        .collect()
+}
+
+fn decode_marker(bytes: &[u8]) -> Result<(u64, Vec<u64>), StorageError> {
+    if bytes.len() < 16 || bytes.len() % 8 != 0 {
+        return Err(corrupted(
+            &[MERGE_MARKER],
+            "a merge marker is 8 bytes per run",
+        ));
+    }
+    let mut runs = bytes
+        .chunks_exact(8)
+        .map(|run| u64::from_be_bytes(run.try_into().expect("8 bytes")));
+    let merged = runs.next().expect("at least two runs");
+    Ok((merged, runs.collect()))
 }
 
 #[cfg(test)]
@@ -395,7 +555,7 @@ mod tests {
         assert_eq!(tier(64), 1);
         assert_eq!(tier(255), 1);
         assert_eq!(tier(256), 2);
-        assert_eq!(tier(FULL_RUN_ENTRIES), 6);
+        assert_eq!(tier(65_536), 6);
     }
 
     #[test]
@@ -417,9 +577,10 @@ mod tests {
             }
         }
         assert_eq!(index.len(), all.len() as u64);
-        // At most FANOUT - 1 runs wait in each tier below full.
+        // At most FANOUT - 1 runs wait in each tier.
+        let tiers = tier(all.len() as u64) as usize + 1;
         assert!(
-            index.runs() <= 6 * (FANOUT - 1) + 1,
+            index.runs() <= tiers * (FANOUT - 1),
             "{} runs",
             index.runs()
         );
@@ -448,6 +609,101 @@ mod tests {
         assert_eq!(found.len(), CHUNK_ENTRIES + 10);
         assert!(found.windows(2).all(|pair| pair[0].height < pair[1].height));
         assert_eq!(index.candidates(10_049).unwrap().len(), 1);
+    }
+
+    fn chunk_keys(tree: &sled::Tree, run: u64) -> usize {
+        tree.scan_prefix(chunk_prefix(run)).count()
+    }
+
+    fn run_numbers(index: &DedupIndex) -> Vec<u64> {
+        index.runs.read().unwrap().keys().copied().collect()
+    }
+
+    #[test]
+    fn a_merge_cut_short_before_its_switch_is_undone_on_opening() {
+        let (_directory, index) = index();
+        let entries: Vec<IndexEntry> = (1..=4).map(|height| entry(height * 11, height)).collect();
+        for &one in &entries {
+            add(&index, vec![one]);
+        }
+        let sources = run_numbers(&index);
+        // The merged run's chunks are written, its size is not: the crash came before the switch.
+        let merged = 99;
+        let mut batch = sled::Batch::default();
+        write_run(&mut batch, merged, &entries);
+        batch.remove(meta_key(merged));
+        batch.insert(vec![MERGE_MARKER], encode_marker(merged, &sources));
+        index.tree.apply_batch(batch).unwrap();
+        let reopened = DedupIndex::open(index.tree.clone()).unwrap();
+        assert_eq!(chunk_keys(&reopened.tree, merged), 0);
+        assert!(reopened.tree.get([MERGE_MARKER]).unwrap().is_none());
+        assert_eq!(run_numbers(&reopened), sources);
+        for wanted in &entries {
+            assert_eq!(reopened.candidates(wanted.hash).unwrap(), vec![*wanted]);
+        }
+    }
+
+    #[test]
+    fn a_merge_cut_short_after_its_switch_is_finished_on_opening() {
+        let (_directory, index) = index();
+        let entries: Vec<IndexEntry> = (1..=4).map(|height| entry(height * 11, height)).collect();
+        for &one in &entries {
+            add(&index, vec![one]);
+        }
+        let old_chunks: Vec<_> = index
+            .tree
+            .scan_prefix([RUN_CHUNK])
+            .map(|item| item.unwrap())
+            .collect();
+        let sources = run_numbers(&index);
+        assert!(index.merge_once().unwrap());
+        let merged = run_numbers(&index)[0];
+        // The switch was made; the crash came before the sources' chunks were all removed.
+        let mut batch = sled::Batch::default();
+        for (key, value) in old_chunks {
+            batch.insert(key, value);
+        }
+        batch.insert(vec![MERGE_MARKER], encode_marker(merged, &sources));
+        index.tree.apply_batch(batch).unwrap();
+        let reopened = DedupIndex::open(index.tree.clone()).unwrap();
+        for run in sources {
+            assert_eq!(chunk_keys(&reopened.tree, run), 0, "run {run}");
+        }
+        assert!(reopened.tree.get([MERGE_MARKER]).unwrap().is_none());
+        assert_eq!(run_numbers(&reopened), vec![merged]);
+        for wanted in &entries {
+            assert_eq!(reopened.candidates(wanted.hash).unwrap(), vec![*wanted]);
+        }
+    }
+
+    #[test]
+    fn a_merge_writes_chunks_in_many_batches_and_keeps_every_entry() {
+        let (_directory, index) = index();
+        // Four runs, each more chunks than one batch of the merge holds.
+        let per_run = (CHUNKS_PER_BATCH * CHUNK_ENTRIES) as u64 + 100;
+        let mut all = Vec::new();
+        for run in 0..4u64 {
+            let entries: Vec<IndexEntry> = (0..per_run)
+                .map(|n| entry((n * 4 + run).wrapping_mul(0x9E37_79B9_7F4A_7C15), run + 1))
+                .collect();
+            all.extend(entries.iter().copied());
+            add(&index, entries);
+        }
+        assert!(index.merge_once().unwrap());
+        assert_eq!((index.runs(), index.len()), (1, all.len() as u64));
+        let merged = run_numbers(&index)[0];
+        let mut cursor = RunCursor::new(&index.tree, merged);
+        let mut merged_entries = Vec::new();
+        while let Some(entry) = cursor.next().unwrap() {
+            merged_entries.push(entry);
+        }
+        all.sort_unstable();
+        assert_eq!(merged_entries, all);
+        assert!(index.tree.get([MERGE_MARKER]).unwrap().is_none());
+        assert_eq!(
+            index.tree.scan_prefix([RUN_CHUNK]).count(),
+            chunk_keys(&index.tree, merged)
+        );
     }
 
     #[test]
