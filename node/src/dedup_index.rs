@@ -25,8 +25,9 @@
 //! [`CHUNKS_PER_BATCH`] chunks, so neither its memory nor any one batch (sled applies a batch under
 //! a lock that holds back every other write, the writer's included) grows with the runs. A marker
 //! names the merge in progress; the merged run becomes visible in one small batch that adds its
-//! size and removes its sources' sizes; only then are the sources' chunks removed. A store opened
-//! with a marker left by a crash removes whichever side's chunks the marker shows unused.
+//! size and removes its sources' sizes; only then are the sources' chunks removed. After a crash,
+//! the next merge first removes whichever side's chunks the marker shows unused (lookups read only
+//! runs whose size is stored, so they never see those).
 //!
 //! Concurrency: a reader that listed the runs before a merge and read them after it would miss ids,
 //! so readers hold `swap` for reading while they read runs, and a merge makes its switch under it
@@ -168,18 +169,12 @@ pub(crate) struct DedupIndex {
 impl DedupIndex {
     /// The index stored in `tree`.
     pub(crate) fn open(tree: sled::Tree) -> Result<DedupIndex, StorageError> {
-        if let Some(marker) = tree.get([MERGE_MARKER])? {
-            let (merged, sources) = decode_marker(&marker)?;
-            let switched = tree.get(meta_key(merged))?.is_some();
-            if switched {
-                for run in sources {
-                    remove_chunks(&tree, run)?;
-                }
-            } else {
-                remove_chunks(&tree, merged)?;
-            }
-            tree.remove([MERGE_MARKER])?;
-        }
+        // A merge a crash cut short is finished by the next merge (lookups never read its unused
+        // chunks); no new run may take its merged run's number meanwhile.
+        let interrupted = match tree.get([MERGE_MARKER])? {
+            Some(marker) => decode_marker(&marker)?.0,
+            None => 0,
+        };
         let mut runs = BTreeMap::new();
         for item in tree.scan_prefix([RUN_META]) {
             let (key, value) = item?;
@@ -193,7 +188,13 @@ impl DedupIndex {
                 .map_err(|_| corrupted(&key, "a run's size is 8 bytes"))?;
             runs.insert(run, entries);
         }
-        let next_run = runs.keys().next_back().map_or(1, |last| last + 1);
+        let next_run = runs
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(interrupted)
+            + 1;
         Ok(DedupIndex {
             tree,
             runs: RwLock::new(runs),
@@ -276,6 +277,7 @@ impl DedupIndex {
     /// Merges one group of runs that is due, if any; says whether it merged.
     pub(crate) fn merge_once(&self) -> Result<bool, StorageError> {
         let _merging = self.merging.lock().expect("not poisoned");
+        self.finish_interrupted_merge()?;
         let Some(sources) = pick(&self.runs.read().expect("not poisoned")) else {
             return Ok(false);
         };
@@ -338,6 +340,24 @@ impl DedupIndex {
         }
         self.tree.remove([MERGE_MARKER])?;
         Ok(true)
+    }
+
+    /// Removes the unused chunks of a merge a crash cut short: the merged run's if the switch had
+    /// not been made, its sources' if it had.
+    fn finish_interrupted_merge(&self) -> Result<(), StorageError> {
+        let Some(marker) = self.tree.get([MERGE_MARKER])? else {
+            return Ok(());
+        };
+        let (merged, sources) = decode_marker(&marker)?;
+        if self.tree.get(meta_key(merged))?.is_some() {
+            for run in sources {
+                remove_chunks(&self.tree, run)?;
+            }
+        } else {
+            remove_chunks(&self.tree, merged)?;
+        }
+        self.tree.remove([MERGE_MARKER])?;
+        Ok(())
     }
 
     /// Adds every id in the index to `filter`; stops early, returning false, once `wanted` says
@@ -635,12 +655,22 @@ mod tests {
         batch.insert(vec![MERGE_MARKER], encode_marker(merged, &sources));
         index.tree.apply_batch(batch).unwrap();
         let reopened = DedupIndex::open(index.tree.clone()).unwrap();
+        assert_eq!(run_numbers(&reopened), sources);
+        let found = || {
+            for wanted in &entries {
+                assert_eq!(reopened.candidates(wanted.hash).unwrap(), vec![*wanted]);
+            }
+        };
+        // Before the next merge finishes the interrupted one, lookups ignore its chunks...
+        found();
+        let mut batch = sled::Batch::default();
+        let staged = reopened.stage(&mut batch, vec![entry(5, 5)]).unwrap();
+        assert!(staged.run > merged, "run {} reuses a number", staged.run);
+        // ... and after it (which merges the sources too), those chunks are gone.
+        assert!(reopened.merge_once().unwrap());
         assert_eq!(chunk_keys(&reopened.tree, merged), 0);
         assert!(reopened.tree.get([MERGE_MARKER]).unwrap().is_none());
-        assert_eq!(run_numbers(&reopened), sources);
-        for wanted in &entries {
-            assert_eq!(reopened.candidates(wanted.hash).unwrap(), vec![*wanted]);
-        }
+        found();
     }
 
     #[test]
@@ -666,14 +696,19 @@ mod tests {
         batch.insert(vec![MERGE_MARKER], encode_marker(merged, &sources));
         index.tree.apply_batch(batch).unwrap();
         let reopened = DedupIndex::open(index.tree.clone()).unwrap();
+        assert_eq!(run_numbers(&reopened), vec![merged]);
+        let found = || {
+            for wanted in &entries {
+                assert_eq!(reopened.candidates(wanted.hash).unwrap(), vec![*wanted]);
+            }
+        };
+        found();
+        assert!(!reopened.merge_once().unwrap());
         for run in sources {
             assert_eq!(chunk_keys(&reopened.tree, run), 0, "run {run}");
         }
         assert!(reopened.tree.get([MERGE_MARKER]).unwrap().is_none());
-        assert_eq!(run_numbers(&reopened), vec![merged]);
-        for wanted in &entries {
-            assert_eq!(reopened.candidates(wanted.hash).unwrap(), vec![*wanted]);
-        }
+        found();
     }
 
     #[test]
