@@ -17,8 +17,8 @@ pub struct Cli {
     #[arg(long, env = "BENMO_CLUSTER", default_value = DEFAULT_CLUSTER, global = true)]
     pub cluster: Cluster,
 
-    /// Ask this node, and only this node. Without it, transfers and bench go to the leader a
-    /// quorum follows, and other commands ask the first node that answers.
+    /// Ask this node, and only this node. Without it, transfers, bench and balances go to the
+    /// leader a quorum follows, and other commands ask the first node that answers.
     #[arg(long = "node", id = "only_node", value_name = "NODE", global = true)]
     pub node: Option<NodeId>,
 

@@ -10,8 +10,9 @@ use crate::{exit, Terminal};
 
 pub async fn run(context: &Context, terminal: &mut Terminal<'_>) -> i32 {
     let nodes = &context.nodes;
+    let candidates = context.leader_first().await;
     let answer = context
-        .ask_one(terminal, |node| async move {
+        .ask_first_of(candidates, terminal, |node| async move {
             let mut client = nodes.ledger(node)?;
             client
                 .balances(proto::BalancesRequest {})

@@ -222,10 +222,39 @@ impl Context {
         }
     }
 
+    /// The nodes to try for a read that should reflect every acknowledged transfer: --node, or
+    /// the leader a quorum follows (it applied each transfer before acknowledging it, while a
+    /// follower learns of it a moment later), then every other node in order.
+    pub async fn leader_first(&self) -> Vec<NodeId> {
+        let mut nodes = self.candidates();
+        if self.node.is_none() {
+            if let Some(found) = route::find(self).await {
+                nodes.retain(|node| *node != found.route.node);
+                nodes.insert(0, found.route.node);
+            }
+        }
+        nodes
+    }
+
     /// Asks the first node that answers (--node only, if given). Unreachable nodes are reported
     /// on the way; a refusal ends the search.
     pub async fn ask_one<T, F, Fut>(
         &self,
+        terminal: &mut Terminal<'_>,
+        call: F,
+    ) -> Result<(NodeId, T), i32>
+    where
+        F: FnMut(NodeId) -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
+        self.ask_first_of(self.candidates(), terminal, call).await
+    }
+
+    /// Asks `nodes` in turn until one answers. Unreachable nodes are reported on the way; a
+    /// refusal ends the search.
+    pub async fn ask_first_of<T, F, Fut>(
+        &self,
+        nodes: Vec<NodeId>,
         terminal: &mut Terminal<'_>,
         mut call: F,
     ) -> Result<(NodeId, T), i32>
@@ -233,7 +262,7 @@ impl Context {
         F: FnMut(NodeId) -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
     {
-        for node in self.candidates() {
+        for node in nodes {
             match call(node).await {
                 Ok(value) => return Ok((node, value)),
                 Err(error) if error.is_unreachable() => {
