@@ -204,6 +204,10 @@ pub struct BenchArgs {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub duration_s: u64,
+    /// HTTP/2 connections to the node, shared by the clients (client i uses connection i mod
+    /// conns), as etcd's benchmark tool and `loadgen` do.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub conns: u64,
     /// The amount of every transfer.
     #[arg(long, default_value_t = 1, value_parser = parse_amount, allow_negative_numbers = true)]
     pub amount: u64,

@@ -16,7 +16,9 @@
 //! A thread of its own merges runs into bigger ones, size-tiered: a run's tier grows with the log
 //! of its size (base [`FANOUT`]), and once [`FANOUT`] runs share a tier they are merged into one
 //! of the next. So each id is rewritten about log4(ids / 64) times, in bulk, and a lookup reads one
-//! chunk in each of at most `FANOUT - 1` runs per tier: about 15 runs at 10M ids, 20 at 100M.
+//! chunk in each of at most `FANOUT - 1` runs per tier once merges catch up: at most 30 runs at
+//! 10M ids, 36 at 100M. Two threads merge, so a long merge of big runs does not hold back small
+//! ones.
 //! Lookups are rare: the [`IdFilter`] answers for every id the index does not hold, so only
 //! retries of committed transfers, the filter's false positives, and lookups before the filter is
 //! filled at start-up read the runs.
@@ -24,13 +26,13 @@
 //! A merge streams: it reads its runs chunk by chunk and writes the merged run in sled batches of
 //! [`CHUNKS_PER_BATCH`] chunks, so neither its memory nor any one batch (sled applies a batch under
 //! a lock that holds back every other write, the writer's included) grows with the runs. A marker
-//! names the merge in progress; the merged run becomes visible in one small batch that adds its
+//! names each merge in progress; the merged run becomes visible in one small batch that adds its
 //! size and removes its sources' sizes; only then are the sources' chunks removed. After a crash,
 //! the next merge first removes whichever side's chunks the marker shows unused (lookups read only
 //! runs whose size is stored, so they never see those).
 //!
-//! Concurrency: a reader that listed the runs before a merge and read them after it would miss ids,
-//! so readers hold `swap` for reading while they read runs, and a merge makes its switch under it
+//! Concurrency: a lookup that listed the runs before a merge and read them after it would miss ids,
+//! so lookups hold `swap` for reading while they read runs, and a merge makes its switch under it
 //! for writing (the sources' chunks go only after that). Runs the writer adds are read only once
 //! the ledger has archived their blocks, which is after they are registered here.
 
@@ -48,7 +50,7 @@ use crate::storage::{corrupted, StorageError};
 pub(crate) const RUN_META: u8 = b'r';
 /// Key prefix of a run's chunks.
 pub(crate) const RUN_CHUNK: u8 = b'k';
-/// The key of the merge in progress: the merged run's number, then its sources' (u64 BE each).
+/// Key prefix of a merge in progress: `g` + merged run (u64 BE) holds its sources (u64 BE each).
 pub(crate) const MERGE_MARKER: u8 = b'g';
 /// Entries per chunk (5 KiB): a lookup reads one chunk per run.
 const CHUNK_ENTRIES: usize = 256;
@@ -161,8 +163,10 @@ pub(crate) struct DedupIndex {
     runs: RwLock<BTreeMap<u64, u64>>,
     /// Held for reading while runs are read, for writing while a merge swaps runs in sled.
     swap: RwLock<()>,
-    /// Only one merge at a time: two could pick the same runs.
-    merging: Mutex<()>,
+    /// The runs being merged: no two merges pick the same run.
+    merging: Mutex<HashSet<u64>>,
+    /// Merges a crash cut short (merged run, sources), finished by the next merge.
+    interrupted: Mutex<Vec<(u64, Vec<u64>)>>,
     next_run: AtomicU64,
 }
 
@@ -171,10 +175,11 @@ impl DedupIndex {
     pub(crate) fn open(tree: sled::Tree) -> Result<DedupIndex, StorageError> {
         // A merge a crash cut short is finished by the next merge (lookups never read its unused
         // chunks); no new run may take its merged run's number meanwhile.
-        let interrupted = match tree.get([MERGE_MARKER])? {
-            Some(marker) => decode_marker(&marker)?.0,
-            None => 0,
-        };
+        let mut interrupted = Vec::new();
+        for item in tree.scan_prefix([MERGE_MARKER]) {
+            let (key, sources) = item?;
+            interrupted.push(decode_marker(&key, &sources)?);
+        }
         let mut runs = BTreeMap::new();
         for item in tree.scan_prefix([RUN_META]) {
             let (key, value) = item?;
@@ -188,18 +193,19 @@ impl DedupIndex {
                 .map_err(|_| corrupted(&key, "a run's size is 8 bytes"))?;
             runs.insert(run, entries);
         }
-        let next_run = runs
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0)
-            .max(interrupted)
-            + 1;
+        let next_run = runs.keys().next_back().copied().unwrap_or(0).max(
+            interrupted
+                .iter()
+                .map(|(merged, _)| *merged)
+                .max()
+                .unwrap_or(0),
+        ) + 1;
         Ok(DedupIndex {
             tree,
             runs: RwLock::new(runs),
             swap: RwLock::new(()),
-            merging: Mutex::new(()),
+            merging: Mutex::new(HashSet::new()),
+            interrupted: Mutex::new(interrupted),
             next_run: AtomicU64::new(next_run),
         })
     }
@@ -228,7 +234,8 @@ impl DedupIndex {
     pub(crate) fn register(&self, staged: StagedRun) -> bool {
         let mut runs = self.runs.write().expect("not poisoned");
         runs.insert(staged.run, staged.entries);
-        pick(&runs).is_some()
+        // Due even if some of those runs are being merged: a thread woken for nothing waits again.
+        pick(&runs, &HashSet::new()).is_some()
     }
 
     /// Every entry whose hash is `hash`, in the order their transfers were ordered.
@@ -275,15 +282,29 @@ impl DedupIndex {
     }
 
     /// Merges one group of runs that is due, if any; says whether it merged.
+    /// Several may run at once, on different runs: a long merge of big runs does not hold back
+    /// the small ones.
     pub(crate) fn merge_once(&self) -> Result<bool, StorageError> {
-        let _merging = self.merging.lock().expect("not poisoned");
-        self.finish_interrupted_merge()?;
-        let Some(sources) = pick(&self.runs.read().expect("not poisoned")) else {
-            return Ok(false);
+        self.finish_interrupted_merges()?;
+        let sources = {
+            let mut merging = self.merging.lock().expect("not poisoned");
+            let Some(sources) = pick(&self.runs.read().expect("not poisoned"), &merging) else {
+                return Ok(false);
+            };
+            merging.extend(&sources);
+            sources
         };
+        let merged = self.merge(&sources);
+        let mut merging = self.merging.lock().expect("not poisoned");
+        for run in &sources {
+            merging.remove(run);
+        }
+        merged.map(|()| true)
+    }
+
+    fn merge(&self, sources: &[u64]) -> Result<(), StorageError> {
         let merged = self.next_run.fetch_add(1, Ordering::Relaxed);
-        self.tree
-            .insert([MERGE_MARKER], encode_marker(merged, &sources))?;
+        self.tree.insert(marker_key(merged), encode_runs(sources))?;
         // Runs never change, and only this merge removes these: they are read without `swap`.
         let mut cursors = sources
             .iter()
@@ -325,44 +346,45 @@ impl DedupIndex {
             let _swap = self.swap.write().expect("not poisoned");
             let mut switch = sled::Batch::default();
             switch.insert(meta_key(merged), entries.to_be_bytes().to_vec());
-            for &run in &sources {
+            for &run in sources {
                 switch.remove(meta_key(run));
             }
             self.tree.apply_batch(switch)?;
             let mut runs = self.runs.write().expect("not poisoned");
-            for run in &sources {
+            for run in sources {
                 runs.remove(run);
             }
             runs.insert(merged, entries);
         }
-        for &run in &sources {
+        for &run in sources {
             remove_chunks(&self.tree, run)?;
         }
-        self.tree.remove([MERGE_MARKER])?;
-        Ok(true)
+        self.tree.remove(marker_key(merged))?;
+        Ok(())
     }
 
-    /// Removes the unused chunks of a merge a crash cut short: the merged run's if the switch had
-    /// not been made, its sources' if it had.
-    fn finish_interrupted_merge(&self) -> Result<(), StorageError> {
-        let Some(marker) = self.tree.get([MERGE_MARKER])? else {
-            return Ok(());
-        };
-        let (merged, sources) = decode_marker(&marker)?;
-        if self.tree.get(meta_key(merged))?.is_some() {
-            for run in sources {
-                remove_chunks(&self.tree, run)?;
+    /// Removes the unused chunks of the merges a crash cut short (found when the index was
+    /// opened): the merged run's if the switch had not been made, the sources' if it had. Runs
+    /// of merges begun since are never touched.
+    fn finish_interrupted_merges(&self) -> Result<(), StorageError> {
+        let interrupted = std::mem::take(&mut *self.interrupted.lock().expect("not poisoned"));
+        for (merged, sources) in interrupted {
+            if self.tree.get(meta_key(merged))?.is_some() {
+                for run in sources {
+                    remove_chunks(&self.tree, run)?;
+                }
+            } else {
+                remove_chunks(&self.tree, merged)?;
             }
-        } else {
-            remove_chunks(&self.tree, merged)?;
+            self.tree.remove(marker_key(merged))?;
         }
-        self.tree.remove([MERGE_MARKER])?;
         Ok(())
     }
 
     /// Adds every id in the index to `filter`; stops early, returning false, once `wanted` says
-    /// nobody needs the result. Merges may run meanwhile: a run merged away before it was read
-    /// leaves its ids in a newer run, which is read in turn.
+    /// nobody needs the result. It holds no lock while it reads (a whole run can take a while):
+    /// a run merged away under it, even half read, left its ids in a newer run, which is listed
+    /// from the switch on and read in turn.
     pub(crate) fn fill(
         &self,
         filter: &IdFilter,
@@ -370,10 +392,6 @@ impl DedupIndex {
     ) -> Result<bool, StorageError> {
         let mut read = HashSet::new();
         loop {
-            if !wanted() {
-                return Ok(false);
-            }
-            let _swap = self.swap.read().expect("not poisoned");
             let next = self
                 .runs
                 .read()
@@ -385,6 +403,9 @@ impl DedupIndex {
                 return Ok(true);
             };
             for item in self.tree.scan_prefix(chunk_prefix(run)) {
+                if !wanted() {
+                    return Ok(false);
+                }
                 let (key, bytes) = item?;
                 for entry in decode_entries(&key, &bytes)? {
                     filter.insert(entry.hash);
@@ -395,11 +416,14 @@ impl DedupIndex {
     }
 }
 
-/// The runs to merge next: every run of the lowest tier that holds [`FANOUT`] of them.
-fn pick(runs: &BTreeMap<u64, u64>) -> Option<Vec<u64>> {
+/// The runs to merge next: every run of the lowest tier that holds [`FANOUT`] of them, leaving
+/// out runs another merge is merging.
+fn pick(runs: &BTreeMap<u64, u64>, merging: &HashSet<u64>) -> Option<Vec<u64>> {
     let mut tiers: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for (&run, &entries) in runs {
-        tiers.entry(tier(entries)).or_default().push(run);
+        if !merging.contains(&run) {
+            tiers.entry(tier(entries)).or_default().push(run);
+        }
     }
     tiers.into_values().find(|runs| runs.len() >= FANOUT)
 }
@@ -517,25 +541,31 @@ fn remove_chunks(tree: &sled::Tree, run: u64) -> Result<(), StorageError> {
     }
 }
 
-fn encode_marker(merged: u64, sources: &[u64]) -> Vec<u8> {
-    std::iter::once(merged)
-        .chain(sources.iter().copied())
-        .flat_map(u64::to_be_bytes)
-        .collect()
+fn marker_key(merged: u64) -> Vec<u8> {
+    let mut key = vec![MERGE_MARKER];
+    key.extend_from_slice(&merged.to_be_bytes());
+    key
 }
 
-fn decode_marker(bytes: &[u8]) -> Result<(u64, Vec<u64>), StorageError> {
-    if bytes.len() < 16 || bytes.len() % 8 != 0 {
-        return Err(corrupted(
-            &[MERGE_MARKER],
-            "a merge marker is 8 bytes per run",
-        ));
+fn encode_runs(runs: &[u64]) -> Vec<u8> {
+    runs.iter().copied().flat_map(u64::to_be_bytes).collect()
+}
+
+/// Reads a merge marker: the merged run, and its sources.
+fn decode_marker(key: &[u8], sources: &[u8]) -> Result<(u64, Vec<u64>), StorageError> {
+    let merged = key
+        .get(1..)
+        .and_then(|merged| <[u8; 8]>::try_from(merged).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupted(key, "a merged run's number is 8 bytes"))?;
+    if sources.len() % 8 != 0 {
+        return Err(corrupted(key, "a merge's sources are 8 bytes each"));
     }
-    let mut runs = bytes
+    let sources = sources
         .chunks_exact(8)
-        .map(|run| u64::from_be_bytes(run.try_into().expect("8 bytes")));
-    let merged = runs.next().expect("at least two runs");
-    Ok((merged, runs.collect()))
+        .map(|run| u64::from_be_bytes(run.try_into().expect("8 bytes")))
+        .collect();
+    Ok((merged, sources))
 }
 
 #[cfg(test)]
@@ -652,7 +682,7 @@ mod tests {
         let mut batch = sled::Batch::default();
         write_run(&mut batch, merged, &entries);
         batch.remove(meta_key(merged));
-        batch.insert(vec![MERGE_MARKER], encode_marker(merged, &sources));
+        batch.insert(marker_key(merged), encode_runs(&sources));
         index.tree.apply_batch(batch).unwrap();
         let reopened = DedupIndex::open(index.tree.clone()).unwrap();
         assert_eq!(run_numbers(&reopened), sources);
@@ -669,7 +699,7 @@ mod tests {
         // ... and after it (which merges the sources too), those chunks are gone.
         assert!(reopened.merge_once().unwrap());
         assert_eq!(chunk_keys(&reopened.tree, merged), 0);
-        assert!(reopened.tree.get([MERGE_MARKER]).unwrap().is_none());
+        assert!(reopened.tree.scan_prefix([MERGE_MARKER]).next().is_none());
         found();
     }
 
@@ -693,7 +723,7 @@ mod tests {
         for (key, value) in old_chunks {
             batch.insert(key, value);
         }
-        batch.insert(vec![MERGE_MARKER], encode_marker(merged, &sources));
+        batch.insert(marker_key(merged), encode_runs(&sources));
         index.tree.apply_batch(batch).unwrap();
         let reopened = DedupIndex::open(index.tree.clone()).unwrap();
         assert_eq!(run_numbers(&reopened), vec![merged]);
@@ -707,7 +737,7 @@ mod tests {
         for run in sources {
             assert_eq!(chunk_keys(&reopened.tree, run), 0, "run {run}");
         }
-        assert!(reopened.tree.get([MERGE_MARKER]).unwrap().is_none());
+        assert!(reopened.tree.scan_prefix([MERGE_MARKER]).next().is_none());
         found();
     }
 
@@ -734,11 +764,78 @@ mod tests {
         }
         all.sort_unstable();
         assert_eq!(merged_entries, all);
-        assert!(index.tree.get([MERGE_MARKER]).unwrap().is_none());
+        assert!(index.tree.scan_prefix([MERGE_MARKER]).next().is_none());
         assert_eq!(
             index.tree.scan_prefix([RUN_CHUNK]).count(),
             chunk_keys(&index.tree, merged)
         );
+    }
+
+    #[test]
+    fn a_merge_picks_the_lowest_due_tier_that_no_other_merge_holds() {
+        // Runs 1-4 in tier 0, 5-8 in tier 1, 9-10 in tier 2.
+        let runs: BTreeMap<u64, u64> = (1..=10)
+            .map(|run| {
+                (
+                    run,
+                    if run <= 4 {
+                        10
+                    } else if run <= 8 {
+                        100
+                    } else {
+                        300
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(pick(&runs, &HashSet::new()), Some(vec![1, 2, 3, 4]));
+        let busy: HashSet<u64> = [1, 2, 3, 4].into();
+        assert_eq!(pick(&runs, &busy), Some(vec![5, 6, 7, 8]));
+        let busy: HashSet<u64> = [1, 2, 3, 4, 5].into();
+        assert_eq!(pick(&runs, &busy), None);
+    }
+
+    #[test]
+    fn merges_at_once_on_two_threads_keep_every_entry() {
+        let (_directory, index) = index();
+        let mut all = Vec::new();
+        // Four small runs and four bigger ones: two merges can run at once.
+        for (run, size) in [
+            (0u64, 10u64),
+            (1, 10),
+            (2, 10),
+            (3, 10),
+            (4, 100),
+            (5, 100),
+            (6, 100),
+            (7, 100),
+        ] {
+            let entries: Vec<IndexEntry> = (0..size)
+                .map(|n| {
+                    entry(
+                        (run * 1_000 + n).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        run + 1,
+                    )
+                })
+                .collect();
+            all.extend(entries.iter().copied());
+            let mut batch = sled::Batch::default();
+            let staged = index.stage(&mut batch, entries).unwrap();
+            index.tree.apply_batch(batch).unwrap();
+            index.register(staged);
+        }
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| while index.merge_once().unwrap() {});
+            }
+        });
+        while index.merge_once().unwrap() {}
+        assert_eq!(index.len(), all.len() as u64);
+        assert!(index.runs() <= 2, "{} runs", index.runs());
+        for wanted in &all {
+            assert_eq!(index.candidates(wanted.hash).unwrap(), vec![*wanted]);
+        }
+        assert!(index.merging.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -174,8 +174,8 @@ pub struct SledStorage {
     filter: Arc<IdFilter>,
     /// The dedup index.
     index: Arc<DedupIndex>,
-    /// Wakes the thread that merges the index's runs.
-    merges: std::sync::mpsc::Sender<()>,
+    /// Wakes the threads that merge the index's runs.
+    merges: Merges,
 }
 
 /// Writes waiting to be applied to sled, in order, with the log position they end at.
@@ -474,31 +474,83 @@ fn start_checkpoints(
     Ok(sender)
 }
 
-/// Starts the thread that merges the dedup index's runs when woken. It ends when the store is
-/// dropped. A merge that fails leaves the runs as they were, all still read by lookups.
-fn start_merges(index: Arc<DedupIndex>) -> Result<std::sync::mpsc::Sender<()>, StorageError> {
-    let (sender, requests) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new()
-        .name("benmo-index".to_string())
-        .spawn(move || {
-            while requests.recv().is_ok() {
+/// How many threads merge the dedup index's runs: two, so that a long merge of big runs does not
+/// hold back the small ones (see [`crate::dedup_index`]).
+const MERGE_THREADS: usize = 2;
+
+/// Wakes the threads that merge the dedup index's runs; dropped, it stops them (each after the
+/// merge it is in).
+struct Merges {
+    signal: Arc<MergeSignal>,
+}
+
+#[derive(Default)]
+struct MergeSignal {
+    /// How many times the threads were woken, and whether the store is gone.
+    state: Mutex<(u64, bool)>,
+    woken: std::sync::Condvar,
+}
+
+impl MergeSignal {
+    fn closed(&self) -> bool {
+        self.state.lock().expect("not poisoned").1
+    }
+}
+
+impl Merges {
+    fn wake(&self) {
+        self.signal.state.lock().expect("not poisoned").0 += 1;
+        self.signal.woken.notify_all();
+    }
+}
+
+impl Drop for Merges {
+    fn drop(&mut self) {
+        self.signal.state.lock().expect("not poisoned").1 = true;
+        self.signal.woken.notify_all();
+    }
+}
+
+/// Starts the threads that merge the dedup index's runs when woken. A merge that fails ends the
+/// process, as a failed write does: sled may hold part of its switch, and only a fresh start
+/// reads the index's state back from sled.
+fn start_merges(index: Arc<DedupIndex>) -> Result<Merges, StorageError> {
+    let signal = Arc::new(MergeSignal::default());
+    for thread in 0..MERGE_THREADS {
+        let (index, signal) = (index.clone(), signal.clone());
+        std::thread::Builder::new()
+            .name(format!("benmo-index-{thread}"))
+            .spawn(move || {
+                let mut seen = 0;
                 loop {
-                    match index.merge_once() {
-                        Ok(true) => continue,
-                        Ok(false) => break,
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot merge the dedup index's runs");
-                            break;
+                    {
+                        let mut state = signal.state.lock().expect("not poisoned");
+                        while state.0 == seen && !state.1 {
+                            state = signal.woken.wait(state).expect("not poisoned");
+                        }
+                        if state.1 {
+                            return;
+                        }
+                        seen = state.0;
+                    }
+                    while !signal.closed() {
+                        match index.merge_once() {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(error) => {
+                                tracing::error!(%error, "cannot merge the dedup index's runs; stopping");
+                                std::process::exit(74);
+                            }
                         }
                     }
                 }
-            }
-        })
-        .map_err(|source| StorageError::Io {
-            path: PathBuf::from("(thread benmo-index)"),
-            source,
-        })?;
-    Ok(sender)
+            })
+            .map_err(|source| StorageError::Io {
+                path: PathBuf::from("(thread benmo-index)"),
+                source,
+            })?;
+    }
+    Ok(Merges { signal })
 }
 
 fn encode_accepted(ballot: Ballot, batch: &Batch) -> Vec<u8> {
@@ -603,11 +655,14 @@ impl SledStorage {
             merges,
         };
         let format = storage.check_identity(identity)?;
-        storage.migrate_index()?;
         if format != FORMAT {
+            // Before anything moves: a binary of the earlier format must refuse a store whose
+            // index is even partly in runs (it would not read them). This one moves whatever is
+            // left on every opening.
             storage.tree.insert(key(META, b"format"), FORMAT)?;
             storage.db.flush()?;
         }
+        storage.migrate_index()?;
         storage.height = storage.read_height()?;
         storage.promised = storage.read_promised()?;
         if applied == Position::default()
@@ -931,8 +986,7 @@ impl SledStorage {
     fn register(&self, run: Option<crate::dedup_index::StagedRun>) {
         if let Some(run) = run {
             if self.index.register(run) {
-                // The thread is gone only if it panicked; the runs then just stay unmerged.
-                let _ = self.merges.send(());
+                self.merges.wake();
             }
         }
     }
@@ -1676,6 +1730,43 @@ mod tests {
             let record = archive.lookup(&TransferId::new(id.clone()).unwrap());
             assert_eq!(record.map(|record| record.height), Some(1), "{id}");
         }
+    }
+
+    #[test]
+    fn a_format_1_store_is_marked_format_2_before_its_index_moves() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let store = SledStorage::open_node(&path, &IDENTITY).unwrap();
+        // A format-1 store whose index cannot all be moved: the move stops at a damaged bucket.
+        store
+            .tree
+            .insert(key(INDEX_BUCKETS, &7u32.to_be_bytes()), b"\x05ab".to_vec())
+            .unwrap();
+        store.tree.insert(key(META, b"format"), FORMAT_V1).unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let error = reopen(&path, &IDENTITY, SledStorage::open_node)
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("index bucket 7"), "{error}");
+        // A binary of format 1 would not read what did move: it must find format 2 and refuse.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled_config(&path).open() {
+                Ok(db) => break db,
+                Err(error) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    assert!(error.to_string().contains("lock"), "{error}");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(error) => panic!("{error}"),
+            }
+        };
+        let format = db
+            .open_tree("benmo")
+            .unwrap()
+            .get(key(META, b"format"))
+            .unwrap();
+        assert_eq!(format.as_deref(), Some(FORMAT));
     }
 
     #[test]

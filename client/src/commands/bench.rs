@@ -5,11 +5,13 @@
 use std::time::{Duration, Instant};
 
 use benmo::proto;
+use benmo::proto::ledger_service_client::LedgerServiceClient;
 use benmo::proto::transfer_reply::Result as Reply;
 use benmo_paxos::{NodeId, Outcome};
 use rand::{Rng, RngCore};
 use serde_json::json;
 use tokio::task::JoinSet;
+use tonic::transport::Channel;
 
 use std::sync::Arc;
 
@@ -35,8 +37,7 @@ struct Tally {
 
 #[allow(clippy::too_many_arguments)]
 async fn client(
-    nodes: Nodes,
-    node: NodeId,
+    mut ledger: LedgerServiceClient<Channel>,
     accounts: u32,
     debitable: Vec<NodeId>,
     signer: Arc<Signer>,
@@ -45,10 +46,6 @@ async fn client(
     deadline: Instant,
 ) -> Tally {
     let mut tally = Tally::default();
-    let Ok(mut ledger) = nodes.ledger_with_timeout(node, Duration::from_secs(15)) else {
-        tally.errors += 1;
-        return tally;
-    };
     let mut sequence = 0u64;
     while Instant::now() < deadline {
         sequence += 1;
@@ -176,12 +173,25 @@ pub async fn run(context: &Context, arguments: BenchArgs, terminal: &mut Termina
         duration,
         context.format,
     ));
+    // As etcd's benchmark tool does, the clients share a few HTTP/2 connections: one per client
+    // would cost the node a socket, and wake-ups, per client.
+    let mut connections = Vec::new();
+    for _ in 0..arguments.conns {
+        match context
+            .nodes
+            .ledger_with_timeout(route.node, Duration::from_secs(15))
+        {
+            Ok(ledger) => connections.push(ledger),
+            Err(error) => {
+                let _ = writeln!(terminal.err, "error: {error}");
+                return exit::UNREACHABLE;
+            }
+        }
+    }
     let mut tasks = JoinSet::new();
     for index in 0..arguments.clients {
-        let node = route.node;
         tasks.spawn(client(
-            context.nodes.clone(),
-            node,
+            connections[(index % arguments.conns) as usize].clone(),
             accounts,
             debitable.clone(),
             signer.clone(),
