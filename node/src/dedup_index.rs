@@ -669,13 +669,25 @@ mod tests {
         index.runs.read().unwrap().keys().copied().collect()
     }
 
-    #[test]
-    fn a_merge_cut_short_before_its_switch_is_undone_on_opening() {
-        let (_directory, index) = index();
+    /// Four runs of one entry each (a tier-0 merge is due); returns the entries.
+    fn four_one_entry_runs(index: &DedupIndex) -> Vec<IndexEntry> {
         let entries: Vec<IndexEntry> = (1..=4).map(|height| entry(height * 11, height)).collect();
         for &one in &entries {
-            add(&index, vec![one]);
+            add(index, vec![one]);
         }
+        entries
+    }
+
+    fn assert_each_found(index: &DedupIndex, entries: &[IndexEntry]) {
+        for wanted in entries {
+            assert_eq!(index.candidates(wanted.hash).unwrap(), vec![*wanted]);
+        }
+    }
+
+    #[test]
+    fn a_merge_cut_short_before_its_switch_is_undone_by_the_next_merge() {
+        let (_directory, index) = index();
+        let entries = four_one_entry_runs(&index);
         let sources = run_numbers(&index);
         // The merged run's chunks are written, its size is not: the crash came before the switch.
         let merged = 99;
@@ -686,13 +698,8 @@ mod tests {
         index.tree.apply_batch(batch).unwrap();
         let reopened = DedupIndex::open(index.tree.clone()).unwrap();
         assert_eq!(run_numbers(&reopened), sources);
-        let found = || {
-            for wanted in &entries {
-                assert_eq!(reopened.candidates(wanted.hash).unwrap(), vec![*wanted]);
-            }
-        };
         // Before the next merge finishes the interrupted one, lookups ignore its chunks...
-        found();
+        assert_each_found(&reopened, &entries);
         let mut batch = sled::Batch::default();
         let staged = reopened.stage(&mut batch, vec![entry(5, 5)]).unwrap();
         assert!(staged.run > merged, "run {} reuses a number", staged.run);
@@ -700,16 +707,13 @@ mod tests {
         assert!(reopened.merge_once().unwrap());
         assert_eq!(chunk_keys(&reopened.tree, merged), 0);
         assert!(reopened.tree.scan_prefix([MERGE_MARKER]).next().is_none());
-        found();
+        assert_each_found(&reopened, &entries);
     }
 
     #[test]
-    fn a_merge_cut_short_after_its_switch_is_finished_on_opening() {
+    fn a_merge_cut_short_after_its_switch_is_finished_by_the_next_merge() {
         let (_directory, index) = index();
-        let entries: Vec<IndexEntry> = (1..=4).map(|height| entry(height * 11, height)).collect();
-        for &one in &entries {
-            add(&index, vec![one]);
-        }
+        let entries = four_one_entry_runs(&index);
         let old_chunks: Vec<_> = index
             .tree
             .scan_prefix([RUN_CHUNK])
@@ -727,18 +731,13 @@ mod tests {
         index.tree.apply_batch(batch).unwrap();
         let reopened = DedupIndex::open(index.tree.clone()).unwrap();
         assert_eq!(run_numbers(&reopened), vec![merged]);
-        let found = || {
-            for wanted in &entries {
-                assert_eq!(reopened.candidates(wanted.hash).unwrap(), vec![*wanted]);
-            }
-        };
-        found();
+        assert_each_found(&reopened, &entries);
         assert!(!reopened.merge_once().unwrap());
         for run in sources {
             assert_eq!(chunk_keys(&reopened.tree, run), 0, "run {run}");
         }
         assert!(reopened.tree.scan_prefix([MERGE_MARKER]).next().is_none());
-        found();
+        assert_each_found(&reopened, &entries);
     }
 
     #[test]

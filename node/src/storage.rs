@@ -53,7 +53,7 @@ use benmo_paxos::{
 };
 use prost::Message;
 
-use crate::dedup_index::{decode_entries, id_hash, DedupIndex, IndexEntry, RUN_CHUNK};
+use crate::dedup_index::{decode_entries, id_hash, DedupIndex, IndexEntry, StagedRun, RUN_CHUNK};
 use crate::id_filter::IdFilter;
 use crate::wal::{Position, Wal, WalError};
 
@@ -970,11 +970,7 @@ impl SledStorage {
 
     /// Stages `entries` as a new run of the dedup index, in `batch`; [`SledStorage::register`]
     /// it once the batch is applied.
-    fn index_into(
-        &self,
-        batch: &mut sled::Batch,
-        entries: Vec<IndexEntry>,
-    ) -> Option<crate::dedup_index::StagedRun> {
+    fn index_into(&self, batch: &mut sled::Batch, entries: Vec<IndexEntry>) -> Option<StagedRun> {
         // Into the filter before the run is written: a lookup may rely on it from then on.
         for entry in &entries {
             self.filter.insert(entry.hash);
@@ -983,7 +979,7 @@ impl SledStorage {
     }
 
     /// Makes a staged run visible to lookups, and wakes the merges if it completes a tier.
-    fn register(&self, run: Option<crate::dedup_index::StagedRun>) {
+    fn register(&self, run: Option<StagedRun>) {
         if let Some(run) = run {
             if self.index.register(run) {
                 self.merges.wake();
@@ -1232,15 +1228,17 @@ impl SledArchive {
             return Ok(None);
         }
         // Almost always one candidate at most; another id with the same 64-bit hash is skipped.
+        let damaged =
+            |reason: String| corrupted(format!("the dedup index entry of {id}").as_bytes(), reason);
         for place in self.index.candidates(hash)? {
             let height = place.height;
-            let index_key = format!("the dedup index entry of {id}").into_bytes();
             let block = read_blocks(&self.tree, height, 1)?
                 .pop()
-                .ok_or_else(|| corrupted(&index_key, format!("names missing block {height}")))?;
-            let found = block.entries.get(place.entry as usize).ok_or_else(|| {
-                corrupted(&index_key, format!("names no entry of block {height}"))
-            })?;
+                .ok_or_else(|| damaged(format!("names missing block {height}")))?;
+            let found = block
+                .entries
+                .get(place.entry as usize)
+                .ok_or_else(|| damaged(format!("names no entry of block {height}")))?;
             if found.transfer.id == *id {
                 return Ok(Some(Record {
                     height,
@@ -1646,27 +1644,29 @@ mod tests {
         assert_eq!(record.transfer.id, id);
     }
 
-    /// Removes the store's dedup index runs, as if it had never held any.
-    fn remove_runs(store: &SledStorage) {
+    /// A store whose block 1 holds `ids`, checkpointed, with its dedup index runs removed, as if
+    /// it had never held any: the test writes the index as an earlier version kept it.
+    fn store_without_runs(directory: &tempfile::TempDir, ids: &[String]) -> SledStorage {
+        let (mut store, mut ledger) = fresh(directory);
+        store
+            .write(&[Write::AppendBlock(block_of(&mut ledger, ids))])
+            .unwrap();
+        store.checkpoint().unwrap();
         for prefix in [crate::dedup_index::RUN_META, RUN_CHUNK] {
             for item in store.tree.scan_prefix([prefix]).keys() {
                 store.tree.remove(item.unwrap()).unwrap();
             }
         }
+        store
     }
 
     #[test]
     fn an_index_of_one_key_per_id_is_moved_into_runs() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("data");
-        let (mut store, mut ledger) = fresh(&directory);
         let ids: Vec<String> = (0..50).map(|n| format!("old{n}")).collect();
-        store
-            .write(&[Write::AppendBlock(block_of(&mut ledger, &ids))])
-            .unwrap();
-        store.checkpoint().unwrap();
-        // Rewrite the index as the earliest version kept it: one key per id.
-        remove_runs(&store);
+        let store = store_without_runs(&directory, &ids);
+        // The index as the earliest version kept it: one key per id.
         for (entry, id) in ids.iter().enumerate() {
             let mut place = 1u64.to_be_bytes().to_vec();
             place.extend_from_slice(&(entry as u32).to_be_bytes());
@@ -1690,14 +1690,9 @@ mod tests {
     fn a_format_1_store_has_its_buckets_moved_into_runs_and_is_marked_format_2() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("data");
-        let (mut store, mut ledger) = fresh(&directory);
         let ids: Vec<String> = (0..300).map(|n| format!("v1-{n}")).collect();
-        store
-            .write(&[Write::AppendBlock(block_of(&mut ledger, &ids))])
-            .unwrap();
-        store.checkpoint().unwrap();
-        // Rewrite the store as format 1 kept it: entries in buckets of 2^19 by hash.
-        remove_runs(&store);
+        let store = store_without_runs(&directory, &ids);
+        // The store as format 1 kept it: entries in buckets of 2^19 by hash.
         let mut buckets: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         for (entry, id) in ids.iter().enumerate() {
             use sha2::Digest;
