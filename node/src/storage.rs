@@ -57,10 +57,13 @@ use crate::dedup_index::{decode_entries, id_hash, DedupIndex, IndexEntry, Staged
 use crate::id_filter::IdFilter;
 use crate::wal::{Position, Wal, WalError};
 
-/// The on-disk format this code writes and reads. Version 2 keeps the dedup index in runs: a
-/// binary that knows only version 1 would not see them, so it must refuse such a store.
-const FORMAT: &[u8] = b"benmo-sled-v2";
-/// The format before the index moved to runs: opened, and moved over.
+/// The on-disk format this code writes and reads. Version 3 writes the log into zero-filled files,
+/// whose zeros end it: a binary of version 2 would read them as empty records and write after
+/// them, where version 3 would never look, so it must refuse such a store.
+const FORMAT: &[u8] = b"benmo-sled-v3";
+/// The format before the log's ready files: opened as it is (its log reads the same).
+const FORMAT_V2: &[u8] = b"benmo-sled-v2";
+/// The format before the index moved to runs (version 2 keeps it in runs): opened, and moved over.
 const FORMAT_V1: &[u8] = b"benmo-sled-v1";
 /// sled writes an item larger than a quarter of a segment as a separate "blob" file, without any
 /// sync at all. With 8 MiB segments no block (at most 10,000 transfers) comes near that.
@@ -656,9 +659,9 @@ impl SledStorage {
         };
         let format = storage.check_identity(identity)?;
         if format != FORMAT {
-            // Before anything moves: a binary of the earlier format must refuse a store whose
-            // index is even partly in runs (it would not read them). This one moves whatever is
-            // left on every opening.
+            // Before anything moves or is written: a binary of an earlier format must refuse a
+            // store whose index is even partly in runs, or whose log is in ready files (it would
+            // misread both). This one moves whatever is left on every opening.
             storage.tree.insert(key(META, b"format"), FORMAT)?;
             storage.db.flush()?;
         }
@@ -783,7 +786,7 @@ impl SledStorage {
     }
 
     /// Checks the store belongs to `identity` (writing the identity into an empty one); returns
-    /// the store's format, [`FORMAT`] or the earlier [`FORMAT_V1`].
+    /// the store's format, [`FORMAT`] or an earlier one ([`FORMAT_V2`], [`FORMAT_V1`]).
     fn check_identity(&self, identity: &Identity) -> Result<&'static [u8], StorageError> {
         let expected = vec![
             (key(META, b"format"), FORMAT.to_vec()),
@@ -835,6 +838,7 @@ impl SledStorage {
         }
         let format = match &found[0][..] {
             FORMAT => FORMAT,
+            FORMAT_V2 => FORMAT_V2,
             FORMAT_V1 => FORMAT_V1,
             _ => {
                 return Err(StorageError::WrongIdentity {
@@ -1595,26 +1599,34 @@ mod tests {
             "{refused:?}"
         );
         store.write(&[Write::Promise(Ballot::new(1, 1))]).unwrap();
-        let segment = std::fs::read_dir(path.join(WAL_FOLDER))
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .max()
-            .unwrap();
-        let synced_end = std::fs::metadata(&segment).unwrap().len();
+        let synced = store.wal.position();
         let ids: Vec<String> = (0..200).map(|n| format!("lazy{n}")).collect();
         store
             .write_lazily(&[Write::AppendBlock(block_of(&mut ledger, &ids))])
             .unwrap();
-        // sled took the block and kept it; the machine then lost the log's unsynced tail.
+        let lazy = store.wal.position();
+        // sled took the block and kept it; the machine then lost the log's unsynced tail (its
+        // bytes read as zeros again, as in a ready file, or are gone, as in a plain one).
         store.apply_backlog().unwrap();
         store.db.flush().unwrap();
         drop(store);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&segment)
-            .unwrap()
-            .set_len(synced_end)
-            .unwrap();
+        let lost_from = if lazy.segment == synced.segment {
+            synced.offset
+        } else {
+            0
+        };
+        let segment = path
+            .join(WAL_FOLDER)
+            .join(format!("{:020}.wal", lazy.segment));
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new()
+                .write(true)
+                .open(&segment)
+                .unwrap(),
+            &vec![0; (lazy.offset - lost_from) as usize],
+            lost_from,
+        )
+        .unwrap();
         let mut store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
         assert_eq!(store.height().unwrap(), Some(1));
         store.write(&[Write::Promise(Ballot::new(2, 1))]).unwrap();
@@ -1771,14 +1783,14 @@ mod tests {
         let store = SledStorage::open_node(&path, &IDENTITY).unwrap();
         store
             .tree
-            .insert(key(META, b"format"), b"benmo-sled-v3".to_vec())
+            .insert(key(META, b"format"), b"benmo-sled-v4".to_vec())
             .unwrap();
         store.db.flush().unwrap();
         drop(store);
         let error = reopen(&path, &IDENTITY, SledStorage::open_node)
             .err()
             .unwrap();
-        assert!(error.to_string().contains("benmo-sled-v3"), "{error}");
+        assert!(error.to_string().contains("benmo-sled-v4"), "{error}");
     }
 
     #[test]
