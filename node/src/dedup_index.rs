@@ -602,12 +602,13 @@ mod tests {
 
     #[test]
     fn tiers_grow_by_the_fanout() {
+        let f = FANOUT as u64;
         assert_eq!(tier(0), 0);
-        assert_eq!(tier(63), 0);
-        assert_eq!(tier(64), 1);
-        assert_eq!(tier(255), 1);
-        assert_eq!(tier(256), 2);
-        assert_eq!(tier(65_536), 6);
+        assert_eq!(tier(TIER_BASE - 1), 0);
+        assert_eq!(tier(TIER_BASE), 1);
+        assert_eq!(tier(TIER_BASE * f - 1), 1);
+        assert_eq!(tier(TIER_BASE * f), 2);
+        assert_eq!(tier(TIER_BASE * f.pow(5)), 6);
     }
 
     #[test]
@@ -672,8 +673,11 @@ mod tests {
     }
 
     /// Four runs of one entry each (a tier-0 merge is due); returns the entries.
-    fn four_one_entry_runs(index: &DedupIndex) -> Vec<IndexEntry> {
-        let entries: Vec<IndexEntry> = (1..=4).map(|height| entry(height * 11, height)).collect();
+    /// Just enough one-entry runs for a merge.
+    fn one_entry_runs_to_merge(index: &DedupIndex) -> Vec<IndexEntry> {
+        let entries: Vec<IndexEntry> = (1..=FANOUT as u64)
+            .map(|height| entry(height * 11, height))
+            .collect();
         for &one in &entries {
             add(index, vec![one]);
         }
@@ -689,7 +693,7 @@ mod tests {
     #[test]
     fn a_merge_cut_short_before_its_switch_is_undone_by_the_next_merge() {
         let (_directory, index) = index();
-        let entries = four_one_entry_runs(&index);
+        let entries = one_entry_runs_to_merge(&index);
         let sources = run_numbers(&index);
         // The merged run's chunks are written, its size is not: the crash came before the switch.
         let merged = 99;
@@ -715,7 +719,7 @@ mod tests {
     #[test]
     fn a_merge_cut_short_after_its_switch_is_finished_by_the_next_merge() {
         let (_directory, index) = index();
-        let entries = four_one_entry_runs(&index);
+        let entries = one_entry_runs_to_merge(&index);
         let old_chunks: Vec<_> = index
             .tree
             .scan_prefix([RUN_CHUNK])
@@ -745,12 +749,18 @@ mod tests {
     #[test]
     fn a_merge_writes_chunks_in_many_batches_and_keeps_every_entry() {
         let (_directory, index) = index();
-        // Four runs, each more chunks than one batch of the merge holds.
+        // Enough runs for a merge, each more chunks than one batch of the merge holds.
         let per_run = (CHUNKS_PER_BATCH * CHUNK_ENTRIES) as u64 + 100;
+        let runs = FANOUT as u64;
         let mut all = Vec::new();
-        for run in 0..4u64 {
+        for run in 0..runs {
             let entries: Vec<IndexEntry> = (0..per_run)
-                .map(|n| entry((n * 4 + run).wrapping_mul(0x9E37_79B9_7F4A_7C15), run + 1))
+                .map(|n| {
+                    entry(
+                        (n * runs + run).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        run + 1,
+                    )
+                })
                 .collect();
             all.extend(entries.iter().copied());
             add(&index, entries);
@@ -774,25 +784,26 @@ mod tests {
 
     #[test]
     fn a_merge_picks_the_lowest_due_tier_that_no_other_merge_holds() {
-        // Runs 1-4 in tier 0, 5-8 in tier 1, 9-10 in tier 2.
-        let runs: BTreeMap<u64, u64> = (1..=10)
+        let f = FANOUT as u64;
+        let (tier_0, tier_1, tier_2) = (TIER_BASE - 1, TIER_BASE, TIER_BASE * f);
+        assert_eq!((tier(tier_0), tier(tier_1), tier(tier_2)), (0, 1, 2));
+        // A merge's worth of runs in tier 0 (1..=f), another in tier 1, and two in tier 2.
+        let runs: BTreeMap<u64, u64> = (1..=2 * f + 2)
             .map(|run| {
-                (
-                    run,
-                    if run <= 4 {
-                        10
-                    } else if run <= 8 {
-                        100
-                    } else {
-                        300
-                    },
-                )
+                let size = match (run - 1) / f {
+                    0 => tier_0,
+                    1 => tier_1,
+                    _ => tier_2,
+                };
+                (run, size)
             })
             .collect();
-        assert_eq!(pick(&runs, &HashSet::new()), Some(vec![1, 2, 3, 4]));
-        let busy: HashSet<u64> = [1, 2, 3, 4].into();
-        assert_eq!(pick(&runs, &busy), Some(vec![5, 6, 7, 8]));
-        let busy: HashSet<u64> = [1, 2, 3, 4, 5].into();
+        let first: Vec<u64> = (1..=f).collect();
+        let second: Vec<u64> = (f + 1..=2 * f).collect();
+        assert_eq!(pick(&runs, &HashSet::new()), Some(first.clone()));
+        let busy: HashSet<u64> = first.iter().copied().collect();
+        assert_eq!(pick(&runs, &busy), Some(second));
+        let busy: HashSet<u64> = (1..=f + 1).collect();
         assert_eq!(pick(&runs, &busy), None);
     }
 
@@ -800,17 +811,9 @@ mod tests {
     fn merges_at_once_on_two_threads_keep_every_entry() {
         let (_directory, index) = index();
         let mut all = Vec::new();
-        // Four small runs and four bigger ones: two merges can run at once.
-        for (run, size) in [
-            (0u64, 10u64),
-            (1, 10),
-            (2, 10),
-            (3, 10),
-            (4, 100),
-            (5, 100),
-            (6, 100),
-            (7, 100),
-        ] {
+        // A merge's worth of small runs and one of bigger ones: two merges can run at once.
+        let f = FANOUT as u64;
+        for (run, size) in (0..2 * f).map(|run| (run, if run < f { 10 } else { TIER_BASE })) {
             let entries: Vec<IndexEntry> = (0..size)
                 .map(|n| {
                     entry(
