@@ -70,8 +70,10 @@ pub struct Options {
     pub batch_max: usize,
 
     /// The most slots a leader keeps in flight. More pipelines deeper; fewer makes larger blocks,
-    /// which wins when every node shares a few cores (measured: 1 or 2 beat 8 on two cores).
-    #[arg(long, env = "BENMO_IN_FLIGHT_MAX", default_value_t = 2)]
+    /// which wins when every node shares a few cores (measured on two cores, interleaved runs:
+    /// 1 against 2 gave 26% more transfers/s at 16 clients, 10% at 64, 3% at 256, the same at 1
+    /// and 1024; 2 beat 8).
+    #[arg(long, env = "BENMO_IN_FLIGHT_MAX", default_value_t = 1)]
     pub in_flight_max: usize,
 
     /// The most transfers this node keeps pending before it tells clients to retry.
