@@ -55,7 +55,7 @@ use prost::Message;
 
 use crate::dedup_index::{decode_entries, id_hash, DedupIndex, IndexEntry, StagedRun, RUN_CHUNK};
 use crate::id_filter::IdFilter;
-use crate::wal::{Position, Wal, WalError};
+use crate::wal::{LogFormat, Position, Wal, WalError};
 
 /// The on-disk format this code writes and reads. Version 3 writes the log into zero-filled files,
 /// whose zeros end it: a binary of version 2 would read them as empty records and write after
@@ -229,6 +229,88 @@ fn write_marker(marker: &Path, identity: &Identity) -> Result<(), StorageError> 
 /// How sled is opened. Its own periodic flush is off: every batch is flushed and synced. Its cache
 /// is capped well below sled's default of 1 GiB, so a node's memory stays flat as its chain grows
 /// (the hot reads, recent blocks and the index chunks a lookup reads, fit easily).
+/// Checks the store belongs to `identity` (writing the identity into an empty one); returns
+/// the store's format, [`FORMAT`] or an earlier one ([`FORMAT_V2`], [`FORMAT_V1`]).
+fn check_identity(
+    tree: &sled::Tree,
+    path: &Path,
+    identity: &Identity,
+) -> Result<&'static [u8], StorageError> {
+    let expected = vec![
+        (key(META, b"format"), FORMAT.to_vec()),
+        (key(META, b"node"), identity.node.to_be_bytes().to_vec()),
+        (key(META, b"nodes"), identity.nodes.to_be_bytes().to_vec()),
+        (
+            key(META, b"genesis_balance"),
+            identity.genesis_balance.to_be_bytes().to_vec(),
+        ),
+        (key(META, b"genesis"), identity.genesis().hash.0.to_vec()),
+    ];
+    let describe = |node: &[u8], nodes: &[u8], balance: &[u8]| {
+        let node = node.try_into().map(u32::from_be_bytes);
+        let nodes = nodes.try_into().map(u32::from_be_bytes);
+        let balance = balance.try_into().map(u64::from_be_bytes);
+        match (node, nodes, balance) {
+            (Ok(node), Ok(nodes), Ok(balance)) => {
+                format!("node {node} of a {nodes}-node cluster with genesis balance {balance}")
+            }
+            _ => "an unreadable identity".to_string(),
+        }
+    };
+    let expected_text = describe(
+        &identity.node.to_be_bytes(),
+        &identity.nodes.to_be_bytes(),
+        &identity.genesis_balance.to_be_bytes(),
+    );
+    if tree.get(key(META, b"format"))?.is_none() {
+        if !tree.is_empty() {
+            return Err(StorageError::NotBenmo {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut batch = sled::Batch::default();
+        for (name, value) in expected {
+            batch.insert(name, value);
+        }
+        tree.apply_batch(batch)?;
+        return Ok(FORMAT);
+    }
+    let mut found = Vec::new();
+    for (name, _) in &expected {
+        found.push(
+            tree.get(name)?
+                .map(|value| value.to_vec())
+                .unwrap_or_default(),
+        );
+    }
+    let format = match &found[0][..] {
+        FORMAT => FORMAT,
+        FORMAT_V2 => FORMAT_V2,
+        FORMAT_V1 => FORMAT_V1,
+        _ => {
+            return Err(StorageError::WrongIdentity {
+                path: path.to_path_buf(),
+                found: format!("format {:?}", String::from_utf8_lossy(&found[0])),
+                expected: format!("format {:?}", String::from_utf8_lossy(FORMAT)),
+            })
+        }
+    };
+    // The format was checked above.
+    let same = expected
+        .iter()
+        .zip(&found)
+        .skip(1)
+        .all(|((_, want), got)| want == got);
+    if !same {
+        return Err(StorageError::WrongIdentity {
+            path: path.to_path_buf(),
+            found: describe(&found[1], &found[2], &found[3]),
+            expected: expected_text,
+        });
+    }
+    Ok(format)
+}
+
 fn sled_config(path: &Path) -> sled::Config {
     sled::Config::new()
         .path(path)
@@ -637,8 +719,16 @@ impl SledStorage {
             Some(bytes) => Position::from_bytes(&bytes)
                 .ok_or_else(|| corrupted(&[WAL_POSITION], "a log position is 16 bytes"))?,
         };
+        // Before the log is touched: a store of another node, cluster or format is refused as
+        // it is found.
+        let format = check_identity(&tree, path, identity)?;
         let wal_folder = path.join(WAL_FOLDER);
-        let (wal, replay) = Wal::open(&wal_folder, applied)?;
+        let log_format = if format == FORMAT {
+            LogFormat::Current
+        } else {
+            LogFormat::Plain
+        };
+        let (wal, replay) = Wal::open(&wal_folder, applied, log_format)?;
         let checkpoints = start_checkpoints(db.clone(), tree.clone(), data_file, wal_folder)?;
         let index = Arc::new(DedupIndex::open(tree.clone())?);
         let merges = start_merges(index.clone())?;
@@ -657,13 +747,11 @@ impl SledStorage {
             index,
             merges,
         };
-        let format = storage.check_identity(identity)?;
-        if format != FORMAT {
-            // Before anything moves or is written: a binary of an earlier format must refuse a
-            // store whose index is even partly in runs, or whose log is in ready files (it would
-            // misread both). This one moves whatever is left on every opening.
-            storage.tree.insert(key(META, b"format"), FORMAT)?;
-            storage.db.flush()?;
+        if format == FORMAT_V1 {
+            // Before anything moves: a binary of format 1 must refuse a store whose index is even
+            // partly in runs (it would not read them). This one moves whatever is left on every
+            // opening.
+            storage.mark_format(FORMAT_V2)?;
         }
         storage.migrate_index()?;
         storage.height = storage.read_height()?;
@@ -688,7 +776,32 @@ impl SledStorage {
         if replayed {
             storage.checkpoint()?;
         }
+        if log_format == LogFormat::Plain {
+            // The earlier format's log is read only by the earlier rules: leave none of it, then
+            // say so durably, and only then write the current way.
+            storage.wal.start_segment()?;
+            storage.checkpoint()?;
+            storage.mark_format(FORMAT)?;
+            storage.wal.start_current_format();
+        }
         Ok(storage)
+    }
+
+    /// Records the store's format durably (sled's own flush does not sync, spacejam/sled#1452).
+    fn mark_format(&self, format: &[u8]) -> Result<(), StorageError> {
+        self.tree.insert(key(META, b"format"), format)?;
+        self.db.flush()?;
+        self.sync_sled_data()
+    }
+
+    fn sync_sled_data(&self) -> Result<(), StorageError> {
+        let data_path = self.path.join("db");
+        File::open(&data_path)
+            .and_then(|file| file.sync_data())
+            .map_err(|source| StorageError::Io {
+                path: data_path,
+                source,
+            })
     }
 
     /// What fills the dedup index's filter: until it has run, lookups read sled. A node starts it
@@ -773,95 +886,10 @@ impl SledStorage {
         self.apply_backlog()?;
         let position = self.wal.position();
         self.db.flush()?;
-        let data_path = self.path.join("db");
-        File::open(&data_path)
-            .and_then(|file| file.sync_data())
-            .map_err(|source| StorageError::Io {
-                path: data_path,
-                source,
-            })?;
+        self.sync_sled_data()?;
         Wal::forget_before(&self.path.join(WAL_FOLDER), position)?;
         self.checkpointed = position;
         Ok(())
-    }
-
-    /// Checks the store belongs to `identity` (writing the identity into an empty one); returns
-    /// the store's format, [`FORMAT`] or an earlier one ([`FORMAT_V2`], [`FORMAT_V1`]).
-    fn check_identity(&self, identity: &Identity) -> Result<&'static [u8], StorageError> {
-        let expected = vec![
-            (key(META, b"format"), FORMAT.to_vec()),
-            (key(META, b"node"), identity.node.to_be_bytes().to_vec()),
-            (key(META, b"nodes"), identity.nodes.to_be_bytes().to_vec()),
-            (
-                key(META, b"genesis_balance"),
-                identity.genesis_balance.to_be_bytes().to_vec(),
-            ),
-            (key(META, b"genesis"), identity.genesis().hash.0.to_vec()),
-        ];
-        let describe = |node: &[u8], nodes: &[u8], balance: &[u8]| {
-            let node = node.try_into().map(u32::from_be_bytes);
-            let nodes = nodes.try_into().map(u32::from_be_bytes);
-            let balance = balance.try_into().map(u64::from_be_bytes);
-            match (node, nodes, balance) {
-                (Ok(node), Ok(nodes), Ok(balance)) => {
-                    format!("node {node} of a {nodes}-node cluster with genesis balance {balance}")
-                }
-                _ => "an unreadable identity".to_string(),
-            }
-        };
-        let expected_text = describe(
-            &identity.node.to_be_bytes(),
-            &identity.nodes.to_be_bytes(),
-            &identity.genesis_balance.to_be_bytes(),
-        );
-        if self.tree.get(key(META, b"format"))?.is_none() {
-            if !self.tree.is_empty() {
-                return Err(StorageError::NotBenmo {
-                    path: self.path.clone(),
-                });
-            }
-            let mut batch = sled::Batch::default();
-            for (name, value) in expected {
-                batch.insert(name, value);
-            }
-            self.tree.apply_batch(batch)?;
-            return Ok(FORMAT);
-        }
-        let mut found = Vec::new();
-        for (name, _) in &expected {
-            found.push(
-                self.tree
-                    .get(name)?
-                    .map(|value| value.to_vec())
-                    .unwrap_or_default(),
-            );
-        }
-        let format = match &found[0][..] {
-            FORMAT => FORMAT,
-            FORMAT_V2 => FORMAT_V2,
-            FORMAT_V1 => FORMAT_V1,
-            _ => {
-                return Err(StorageError::WrongIdentity {
-                    path: self.path.clone(),
-                    found: format!("format {:?}", String::from_utf8_lossy(&found[0])),
-                    expected: format!("format {:?}", String::from_utf8_lossy(FORMAT)),
-                })
-            }
-        };
-        // The format was checked above.
-        let same = expected
-            .iter()
-            .zip(&found)
-            .skip(1)
-            .all(|((_, want), got)| want == got);
-        if !same {
-            return Err(StorageError::WrongIdentity {
-                path: self.path.clone(),
-                found: describe(&found[1], &found[2], &found[3]),
-                expected: expected_text,
-            });
-        }
-        Ok(format)
     }
 
     fn read_height(&self) -> Result<Option<Height>, StorageError> {
@@ -1773,7 +1801,47 @@ mod tests {
             .unwrap()
             .get(key(META, b"format"))
             .unwrap();
-        assert_eq!(format.as_deref(), Some(FORMAT));
+        assert_eq!(format.as_deref(), Some(FORMAT_V2));
+    }
+
+    #[test]
+    fn a_format_2_log_is_read_by_its_own_rules_then_left_behind() {
+        // Format 2 read a header of zeros as an empty record and went on: a record after one
+        // was durable, and must come back. Format 3 ends the log at zeros, so the store may be
+        // marked 3 only once none of its format-2 log is left.
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("data");
+        let (mut store, _) = fresh(&directory);
+        store.checkpoint().unwrap();
+        let applied = store.wal.position();
+        store.mark_format(FORMAT_V2).unwrap();
+        drop(store);
+        let wal = path.join(WAL_FOLDER);
+        for entry in std::fs::read_dir(&wal).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        let record = |ballot: Ballot| {
+            let payload = encode_record(&[Write::Promise(ballot)]);
+            let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+            bytes.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+            bytes.extend_from_slice(&payload);
+            bytes
+        };
+        let mut segment = record(Ballot::new(2, 1));
+        segment.extend_from_slice(&[0; 8]);
+        segment.extend_from_slice(&record(Ballot::new(3, 1)));
+        let old_segment = wal.join(format!("{:020}.wal", applied.segment + 1));
+        std::fs::write(&old_segment, segment).unwrap();
+        let store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
+        assert_eq!(store.acceptor_state().unwrap().promised, Ballot::new(3, 1));
+        assert_eq!(
+            store.tree.get(key(META, b"format")).unwrap().as_deref(),
+            Some(FORMAT)
+        );
+        assert!(!old_segment.exists(), "no format-2 segment is left");
+        drop(store);
+        let store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
+        assert_eq!(store.acceptor_state().unwrap().promised, Ballot::new(3, 1));
     }
 
     #[test]

@@ -103,6 +103,17 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
     }
 }
 
+/// How a log's segments were written, so how to read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Into ready files: zeros end the log, and no record is empty.
+    Current,
+    /// Appended to plain files, by store formats before ready files: a header of zeros was read
+    /// as an empty record and the log went on after it. Such a log is read that way and written
+    /// only into plain files, until [`Wal::start_current_format`].
+    Plain,
+}
+
 /// An open log, writing at the end of its last segment.
 pub struct Wal {
     folder: PathBuf,
@@ -115,7 +126,7 @@ pub struct Wal {
     ready_file: bool,
     /// The size a segment is closed at and a ready file is made with.
     segment_bytes: u64,
-    /// Whether ready files are made at all (tests of plain segments turn it off).
+    /// Whether ready files are made at all (not for a [`LogFormat::Plain`] log).
     prepare: bool,
     /// The file for the next segment.
     next: NextFile,
@@ -137,9 +148,7 @@ enum NextFile {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        if let NextFile::Preparing { cancelled, .. } = &self.next {
-            cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.stop_preparing();
     }
 }
 
@@ -154,15 +163,20 @@ pub struct Replayed {
 impl Wal {
     /// Opens the log in `folder` (creating it if needed), cuts off a torn last record, and
     /// returns the log with every record that ends after `from`, in order.
-    pub fn open(folder: &Path, from: Position) -> Result<(Wal, Vec<Replayed>), WalError> {
-        Wal::open_with(folder, from, SEGMENT_BYTES_MAX, true)
+    /// A log in [`LogFormat::Plain`] is read as it was written, and written in plain files.
+    pub fn open(
+        folder: &Path,
+        from: Position,
+        format: LogFormat,
+    ) -> Result<(Wal, Vec<Replayed>), WalError> {
+        Wal::open_with(folder, from, SEGMENT_BYTES_MAX, format)
     }
 
     fn open_with(
         folder: &Path,
         from: Position,
         segment_bytes: u64,
-        prepare: bool,
+        format: LogFormat,
     ) -> Result<(Wal, Vec<Replayed>), WalError> {
         fs::create_dir_all(folder).map_err(io_error(folder))?;
         // A file made ready before a crash may not be whole: make a new one.
@@ -181,7 +195,7 @@ impl Wal {
         for segment in &segments {
             let path = segment_path(folder, *segment);
             let is_last = Some(*segment) == last;
-            let (records, good_end) = read_segment(&path, *segment, is_last)?;
+            let (records, good_end) = read_segment(&path, *segment, is_last, format)?;
             if is_last {
                 let length = fs::metadata(&path).map_err(io_error(&path))?.len();
                 if good_end < length {
@@ -218,7 +232,7 @@ impl Wal {
             offset,
             ready_file: false,
             segment_bytes,
-            prepare,
+            prepare: format == LogFormat::Current,
             next: NextFile::None,
         };
         wal.prepare_next();
@@ -296,8 +310,8 @@ impl Wal {
             self.file.set_len(self.offset).map_err(io_error(&path))?;
             self.file.sync_all().map_err(io_error(&path))?;
         }
-        let full = self.offset >= self.segment_bytes;
-        let ready = self.next_is_ready(full);
+        // Never waits for the ready file: until it is there, a plain file does.
+        let ready = self.next_is_ready(false);
         self.segment += 1;
         self.offset = 0;
         self.switch_file(ready)
@@ -371,6 +385,33 @@ impl Wal {
         }
     }
 
+    /// Moves a [`LogFormat::Plain`] log to the current format: its records go into ready files
+    /// from the next segment on, and zeros end it. The caller must first make every earlier
+    /// segment unneeded and delete it (see [`Wal::start_segment`]), and record the store's new
+    /// format: a log of this format is never read as plain again.
+    pub fn start_current_format(&mut self) {
+        self.prepare = true;
+        self.prepare_next();
+    }
+
+    /// Starts a new segment, so that every record so far is in earlier ones; returns its start.
+    pub fn start_segment(&mut self) -> Result<Position, WalError> {
+        self.rotate()?;
+        Ok(self.position())
+    }
+
+    /// Stops making ready files, and waits for the thread making one (it stops within one
+    /// write), so that a log opened next in this folder never meets it.
+    fn stop_preparing(&mut self) {
+        self.prepare = false;
+        if let NextFile::Preparing { thread, cancelled } =
+            std::mem::replace(&mut self.next, NextFile::None)
+        {
+            cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+
     /// Deletes every segment that ends at or before `position`: their records are elsewhere now.
     pub fn forget_before(folder: &Path, position: Position) -> Result<(), WalError> {
         for segment in list_segments(folder)? {
@@ -441,12 +482,14 @@ fn sync_folder(folder: &Path) -> Result<(), WalError> {
 }
 
 /// Reads a segment's records; returns them with the end of the last good one. In the last
-/// segment, zeros where a header would be end the log, and a bad record is a torn tail; anywhere
-/// else either is corruption. Reads record by record, so the zeros of a ready file cost nothing.
+/// segment, zeros where a header would be end the log (in [`LogFormat::Plain`], they are an empty
+/// record, skipped), and a bad record is a torn tail; anywhere else either is corruption. Reads
+/// record by record, so the zeros of a ready file cost nothing.
 fn read_segment(
     path: &Path,
     segment: u64,
     is_last: bool,
+    format: LogFormat,
 ) -> Result<(Vec<Replayed>, u64), WalError> {
     let file = File::open(path).map_err(io_error(path))?;
     let length = file.metadata().map_err(io_error(path))?.len();
@@ -469,7 +512,7 @@ fn read_segment(
         reader.read_exact(&mut header).map_err(io_error(path))?;
         let size = u32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
         let crc = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
-        if size == 0 {
+        if size == 0 && format == LogFormat::Current {
             if is_last {
                 break;
             }
@@ -491,10 +534,12 @@ fn read_segment(
             return Err(bad("a record does not match its checksum"));
         }
         offset = start + u64::from(size);
-        records.push(Replayed {
-            payload,
-            end: Position { segment, offset },
-        });
+        if size > 0 {
+            records.push(Replayed {
+                payload,
+                end: Position { segment, offset },
+            });
+        }
     }
     Ok((records, offset))
 }
@@ -503,14 +548,19 @@ fn read_segment(
 mod tests {
     use super::*;
 
-    /// A log of plain segments only, as before ready files (and as just after opening).
+    /// A log in the current format that makes no ready files: plain segments only, as just
+    /// after opening.
     fn plain(folder: &Path, from: Position) -> Result<(Wal, Vec<Replayed>), WalError> {
-        Wal::open_with(folder, from, SEGMENT_BYTES_MAX, false)
+        let (mut wal, replayed) = Wal::open(folder, from, LogFormat::Current)?;
+        wal.stop_preparing();
+        let _ = fs::remove_file(folder.join(PREPARED));
+        Ok((wal, replayed))
     }
 
     /// A log with segments of `bytes`, whose first ready file is made before it returns.
     fn with_ready_files(folder: &Path, bytes: u64) -> (Wal, Vec<Replayed>) {
-        let (mut wal, replayed) = Wal::open_with(folder, Position::default(), bytes, true).unwrap();
+        let (mut wal, replayed) =
+            Wal::open_with(folder, Position::default(), bytes, LogFormat::Current).unwrap();
         assert!(wal.next_is_ready(true), "the ready file is made");
         (wal, replayed)
     }
@@ -538,7 +588,8 @@ mod tests {
             "a ready file is written in place"
         );
         drop(wal);
-        let (wal, replayed) = Wal::open(folder.path(), Position::default()).unwrap();
+        let (wal, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Current).unwrap();
         assert_eq!(payloads(&replayed), vec![&b"one"[..], b"two", b"three"]);
         assert_eq!(wal.position(), end);
         assert_eq!(
@@ -566,7 +617,8 @@ mod tests {
             "a closed segment holds its records only"
         );
         drop(wal);
-        let (_, replayed) = Wal::open(folder.path(), Position::default()).unwrap();
+        let (_, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Current).unwrap();
         assert_eq!(replayed.len(), 3);
     }
 
@@ -582,7 +634,8 @@ mod tests {
         assert_eq!(fs::metadata(first).unwrap().len(), 2 * 8 + 9);
         drop(wal);
         // A segment before the last may not end in zeros: opening would call that corruption.
-        let (_, replayed) = Wal::open(folder.path(), Position::default()).unwrap();
+        let (_, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Current).unwrap();
         assert_eq!(payloads(&replayed), vec![&b"first"[..], b"lazy", b"second"]);
     }
 
@@ -602,7 +655,8 @@ mod tests {
         file.write_all_at(&vec![0; (b.offset - a.offset) as usize], a.offset)
             .unwrap();
         drop(file);
-        let (mut wal, replayed) = Wal::open(folder.path(), Position::default()).unwrap();
+        let (mut wal, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Current).unwrap();
         assert_eq!(payloads(&replayed), vec![&b"A"[..]]);
         assert_eq!(
             wal.append(b"B anew").unwrap(),
@@ -610,7 +664,8 @@ mod tests {
             "the new record ends where B did"
         );
         drop(wal);
-        let (_, replayed) = Wal::open(folder.path(), Position::default()).unwrap();
+        let (_, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Current).unwrap();
         assert_eq!(payloads(&replayed), vec![&b"A"[..], b"B anew"]);
     }
 
@@ -622,7 +677,8 @@ mod tests {
         drop(wal);
         fs::write(folder.path().join(PREPARING), [1, 2, 3]).unwrap();
         fs::write(folder.path().join(PREPARED), [0, 0, 0, 9]).unwrap();
-        let (mut wal, replayed) = Wal::open(folder.path(), Position::default()).unwrap();
+        let (mut wal, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Current).unwrap();
         assert_eq!(payloads(&replayed), vec![&b"kept"[..]]);
         assert!(!folder.path().join(PREPARING).exists());
         assert!(wal.next_is_ready(true));
@@ -632,6 +688,82 @@ mod tests {
             "a whole new ready file"
         );
         assert_eq!(list_segments(folder.path()).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn zeros_before_the_last_segment_are_corruption() {
+        // Only the last segment may end in zeros: a closed one was cut to its records.
+        let folder = tempfile::tempdir().unwrap();
+        let (mut wal, _) = plain(folder.path(), Position::default()).unwrap();
+        wal.append(b"first").unwrap();
+        wal.rotate().unwrap();
+        wal.append(b"second").unwrap();
+        drop(wal);
+        let first = segment_path(folder.path(), 1);
+        OpenOptions::new()
+            .append(true)
+            .open(&first)
+            .unwrap()
+            .write_all(&[0; 8])
+            .unwrap();
+        assert!(matches!(
+            Wal::open(folder.path(), Position::default(), LogFormat::Current),
+            Err(WalError::Corrupted { .. })
+        ));
+    }
+
+    #[test]
+    fn without_a_ready_file_segments_are_plain_files_and_nothing_waits() {
+        let folder = tempfile::tempdir().unwrap();
+        // The ready file cannot be made: its path is taken by a folder.
+        let (mut wal, _) = plain(folder.path(), Position::default()).unwrap();
+        fs::create_dir(folder.path().join(PREPARING)).unwrap();
+        wal.segment_bytes = 64;
+        wal.prepare = true;
+        wal.prepare_next();
+        assert!(!wal.next_is_ready(true), "making the ready file failed");
+        let record = [7u8; 40];
+        for _ in 0..4 {
+            wal.append(&record).unwrap();
+        }
+        assert_eq!(wal.segment, 2, "a full segment moved on to a plain file");
+        assert!(!wal.ready_file);
+        drop(wal);
+        fs::remove_dir(folder.path().join(PREPARING)).unwrap();
+        let (_, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Current).unwrap();
+        assert_eq!(replayed.len(), 4);
+    }
+
+    #[test]
+    fn a_plain_format_log_reads_a_header_of_zeros_as_an_empty_record() {
+        let folder = tempfile::tempdir().unwrap();
+        let (mut wal, _) = plain(folder.path(), Position::default()).unwrap();
+        wal.append(b"before").unwrap();
+        drop(wal);
+        let path = segment_path(folder.path(), 1);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[0; 8]).unwrap();
+        file.write_all(&[0, 0, 0, 5]).unwrap();
+        file.write_all(&crc32fast::hash(b"after").to_be_bytes())
+            .unwrap();
+        file.write_all(b"after").unwrap();
+        drop(file);
+        let (mut wal, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Plain).unwrap();
+        assert_eq!(payloads(&replayed), vec![&b"before"[..], b"after"]);
+        assert!(
+            !wal.next_is_ready(true),
+            "a plain log makes no ready file until it is moved to the current format"
+        );
+        drop(wal);
+        let (_, replayed) =
+            Wal::open(folder.path(), Position::default(), LogFormat::Current).unwrap();
+        assert_eq!(
+            payloads(&replayed),
+            vec![&b"before"[..]],
+            "the current rules stop at zeros"
+        );
     }
 
     #[test]
