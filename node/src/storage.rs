@@ -61,7 +61,8 @@ use crate::wal::{LogFormat, Position, Wal, WalError};
 /// whose zeros end it: a binary of version 2 would read them as empty records and write after
 /// them, where version 3 would never look, so it must refuse such a store.
 const FORMAT: &[u8] = b"benmo-sled-v3";
-/// The format before the log's ready files: opened as it is (its log reads the same).
+/// The format before the log's ready files: its log is read by its own rules once, then left
+/// behind (see [`SledStorage::open`]).
 const FORMAT_V2: &[u8] = b"benmo-sled-v2";
 /// The format before the index moved to runs (version 2 keeps it in runs): opened, and moved over.
 const FORMAT_V1: &[u8] = b"benmo-sled-v1";
@@ -773,12 +774,13 @@ impl SledStorage {
             storage.track(&writes);
             storage.apply(&writes, record.end)?;
         }
-        if replayed {
+        if replayed && log_format == LogFormat::Current {
             storage.checkpoint()?;
         }
         if log_format == LogFormat::Plain {
-            // The earlier format's log is read only by the earlier rules: leave none of it, then
-            // say so durably, and only then write the current way.
+            // The earlier format's log is read only by the earlier rules: leave none of it (the
+            // checkpoint also covers what was replayed), then say so durably, and only then
+            // write the current way.
             storage.wal.start_segment()?;
             storage.checkpoint()?;
             storage.mark_format(FORMAT)?;

@@ -163,6 +163,7 @@ pub struct Replayed {
 impl Wal {
     /// Opens the log in `folder` (creating it if needed), cuts off a torn last record, and
     /// returns the log with every record that ends after `from`, in order.
+    ///
     /// A log in [`LogFormat::Plain`] is read as it was written, and written in plain files.
     pub fn open(
         folder: &Path,
@@ -213,13 +214,7 @@ impl Wal {
         }
         let segment = last.unwrap_or(1);
         let path = segment_path(folder, segment);
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        let file = open_for_writing(&path)?;
         let offset = file.metadata().map_err(io_error(&path))?.len();
         if last.is_none() {
             sync_folder(folder)?;
@@ -296,8 +291,8 @@ impl Wal {
         }
     }
 
-    /// Starts a new segment: in the ready file if there is one (waiting for it if this segment is
-    /// full), else in a plain file, until a ready one is.
+    /// Starts a new segment: in the ready file if there is one, else in a plain file, until a
+    /// ready one is (it never waits for one being made).
     fn rotate(&mut self) -> Result<(), WalError> {
         let path = segment_path(&self.folder, self.segment);
         if self.unsynced {
@@ -310,7 +305,6 @@ impl Wal {
             self.file.set_len(self.offset).map_err(io_error(&path))?;
             self.file.sync_all().map_err(io_error(&path))?;
         }
-        // Never waits for the ready file: until it is there, a plain file does.
         let ready = self.next_is_ready(false);
         self.segment += 1;
         self.offset = 0;
@@ -336,13 +330,7 @@ impl Wal {
             fs::rename(&prepared, &path).map_err(io_error(&prepared))?;
             self.next = NextFile::None;
         }
-        self.file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        self.file = open_for_writing(&path)?;
         sync_folder(&self.folder)?;
         self.ready_file = ready;
         self.prepare_next();
@@ -351,13 +339,12 @@ impl Wal {
 
     /// Whether the ready file is there; with `wait`, waits for one being made.
     fn next_is_ready(&mut self, wait: bool) -> bool {
-        if let NextFile::Preparing { thread, .. } = &self.next {
-            if wait || thread.is_finished() {
-                let NextFile::Preparing { thread, .. } =
-                    std::mem::replace(&mut self.next, NextFile::None)
-                else {
-                    unreachable!("matched above");
-                };
+        let done = matches!(&self.next,
+            NextFile::Preparing { thread, .. } if wait || thread.is_finished());
+        if done {
+            if let NextFile::Preparing { thread, .. } =
+                std::mem::replace(&mut self.next, NextFile::None)
+            {
                 if matches!(thread.join(), Ok(Ok(()))) {
                     self.next = NextFile::Ready;
                 }
@@ -451,6 +438,17 @@ fn make_ready_file(
         let _ = fs::remove_file(&path);
     }
     result
+}
+
+/// Opens a segment to write records at chosen offsets, creating it if needed.
+fn open_for_writing(path: &Path) -> Result<File, WalError> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_error(path))
 }
 
 fn segment_path(folder: &Path, segment: u64) -> PathBuf {
@@ -567,6 +565,14 @@ mod tests {
 
     fn payloads(replayed: &[Replayed]) -> Vec<&[u8]> {
         replayed.iter().map(|record| &record.payload[..]).collect()
+    }
+
+    /// A closed log of "first" in segment 1 and "second" in segment 2.
+    fn two_segments(folder: &Path) {
+        let (mut wal, _) = plain(folder, Position::default()).unwrap();
+        wal.append(b"first").unwrap();
+        wal.rotate().unwrap();
+        wal.append(b"second").unwrap();
     }
 
     #[test]
@@ -694,11 +700,7 @@ mod tests {
     fn zeros_before_the_last_segment_are_corruption() {
         // Only the last segment may end in zeros: a closed one was cut to its records.
         let folder = tempfile::tempdir().unwrap();
-        let (mut wal, _) = plain(folder.path(), Position::default()).unwrap();
-        wal.append(b"first").unwrap();
-        wal.rotate().unwrap();
-        wal.append(b"second").unwrap();
-        drop(wal);
+        two_segments(folder.path());
         let first = segment_path(folder.path(), 1);
         OpenOptions::new()
             .append(true)
@@ -785,8 +787,7 @@ mod tests {
         wal.append(b"three").unwrap();
         drop(wal);
         let (_, all) = plain(folder.path(), Position::default()).unwrap();
-        let payloads: Vec<&[u8]> = all.iter().map(|record| &record.payload[..]).collect();
-        assert_eq!(payloads, vec![&b"one"[..], b"two", b"three"]);
+        assert_eq!(payloads(&all), vec![&b"one"[..], b"two", b"three"]);
         assert_eq!(all[1].end, second);
         let (_, after) = plain(folder.path(), first).unwrap();
         assert_eq!(after.len(), 2);
@@ -810,18 +811,13 @@ mod tests {
         wal.append(b"next").unwrap();
         drop(wal);
         let (_, replayed) = plain(folder.path(), Position::default()).unwrap();
-        let payloads: Vec<&[u8]> = replayed.iter().map(|record| &record.payload[..]).collect();
-        assert_eq!(payloads, vec![&b"kept"[..], b"next"]);
+        assert_eq!(payloads(&replayed), vec![&b"kept"[..], b"next"]);
     }
 
     #[test]
     fn a_bad_record_before_the_end_is_corruption() {
         let folder = tempfile::tempdir().unwrap();
-        let (mut wal, _) = plain(folder.path(), Position::default()).unwrap();
-        wal.append(b"first").unwrap();
-        wal.rotate().unwrap();
-        wal.append(b"second").unwrap();
-        drop(wal);
+        two_segments(folder.path());
         let path = segment_path(folder.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
@@ -864,9 +860,8 @@ mod tests {
         assert!(!wal.unsynced, "a sync covers the lazy records before it");
         drop(wal);
         let (_, replayed) = plain(folder.path(), Position::default()).unwrap();
-        let payloads: Vec<&[u8]> = replayed.iter().map(|record| &record.payload[..]).collect();
         assert_eq!(
-            payloads,
+            payloads(&replayed),
             vec![&b"synced"[..], b"lazy", b"lazy too", b"and synced"]
         );
     }
@@ -894,7 +889,6 @@ mod tests {
         assert!(next > applied, "{next:?} must end after {applied:?}");
         drop(wal);
         let (_, replayed) = plain(folder.path(), applied).unwrap();
-        let payloads: Vec<&[u8]> = replayed.iter().map(|record| &record.payload[..]).collect();
-        assert_eq!(payloads, vec![&b"new"[..]]);
+        assert_eq!(payloads(&replayed), vec![&b"new"[..]]);
     }
 }
