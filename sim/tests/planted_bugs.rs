@@ -170,30 +170,13 @@ fn heartbeats_behind_a_slow_disk_are_caught_under_lasting_faults() {
 
 // Found by the lasting mode on 7 nodes: a candidate that lost its hearing (its heartbeat replies
 // no longer arrive, its own messages still do) ran again and again with higher ballots, and its
-// Prepares deposed each leader the majority elected. A seed that shows it must catch the bug
-// planted back, and pass without it. (The core's unit test
-// `a_candidate_that_no_longer_hears_a_majority_stops_running` builds the same case directly.)
-// The case is rare: when the simulator's random draws change, a new seed is searched for with
-// `benmo-sim --features planted-bugs --planted-bug rerun-without-quorum --nodes 7 --mode lasting`
-// (17,015,989 was the one hit in 18,000 seeds from 17,000,000, once decided blocks were written
-// lazily).
-#[test]
-fn a_candidate_that_keeps_running_without_a_majority_is_caught() {
-    const SEED: u64 = 17_015_989;
-    let report = run_seed(
-        SEED,
-        7,
-        Mode::Lasting,
-        PlantedBugs::only(PlantedBug::RerunWithoutQuorum),
-        false,
-    );
-    let violation = report
-        .result
-        .expect_err("the seed catches a candidate that keeps running");
-    assert_eq!(violation.checker, "stable-leader", "{violation:?}");
-    let clean = run_seed(SEED, 7, Mode::Lasting, PlantedBugs::default(), false);
-    assert!(clean.result.is_ok(), "{:?}", clean.result);
-}
+// Prepares deposed each leader the majority elected. Seed 17,015,989 showed it until the leader
+// began to hold back Decides for the next message (which changed every run's draws); then 32,500
+// seeds from 17,000,500 (a first version of that change) and 12,500 from 17,000,000 (the final
+// one) showed it no more. The case is built exactly in the core's tests
+// instead: `a_candidate_that_no_longer_hears_a_majority_stops_running` and, with the bug planted
+// back, `a_candidate_that_keeps_running_without_a_majority_is_caught`. To look for a seed again:
+// `benmo-sim --features planted-bugs --planted-bug rerun-without-quorum --nodes 7 --mode lasting`.
 
 // Decided blocks are written lazily (no sync of their own): a crash may lose them, which is safe.
 // A vote or promise written that way is not: the checkers must see it lost.

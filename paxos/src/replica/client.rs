@@ -1,6 +1,6 @@
 //! Client transfers: validation on arrival, the durable pending log, and forwarding to the leader.
 
-use super::{Committed, Pending, ProposeError, Replica, Reply, Role};
+use super::{Committed, Pending, ProposeError, Queued, Replica, Reply, Role};
 use crate::bugs::PlantedBug;
 use crate::config::FORWARD_HOPS_MAX;
 use crate::ledger::Transfer;
@@ -54,7 +54,7 @@ impl Replica {
             },
         );
         if matches!(self.role, Role::Leader(_)) {
-            self.enqueue(transfer);
+            self.enqueue(transfer, self.config.id);
             self.propose_from_queue();
         } else if let Some(route) = self.route_to_leader() {
             let forward = Forward {
@@ -73,10 +73,10 @@ impl Replica {
     }
 
     /// Transfers handed on by another node: the leader queues them, anyone else passes them on.
-    pub(super) fn handle_forward(&mut self, _from: NodeId, forward: Forward) {
+    pub(super) fn handle_forward(&mut self, from: NodeId, forward: Forward) {
         if forward.transfers.len() > self.config.batch_transfers_max {
             self.reject(
-                _from,
+                from,
                 &Message::Forward(forward),
                 "too many transfers".to_string(),
             );
@@ -87,7 +87,7 @@ impl Replica {
             Role::Leader(_) => {
                 for transfer in forward.transfers {
                     if self.ledger.check_shape(&transfer).is_ok() {
-                        self.enqueue(transfer);
+                        self.enqueue(transfer, from);
                     }
                 }
                 self.propose_from_queue();
@@ -96,9 +96,13 @@ impl Replica {
             Role::Candidate(candidate) => {
                 // Followers already count on this node to lead; keep their transfers for then.
                 let room = queue_max.saturating_sub(candidate.forwarded.len());
-                candidate
-                    .forwarded
-                    .extend(forward.transfers.into_iter().take(room));
+                candidate.forwarded.extend(
+                    forward
+                        .transfers
+                        .into_iter()
+                        .take(room)
+                        .map(|transfer| Queued { transfer, from }),
+                );
                 return;
             }
             Role::Follower => {}
@@ -151,7 +155,7 @@ impl Replica {
         }
         if leads {
             for transfer in due {
-                self.enqueue(transfer);
+                self.enqueue(transfer, self.config.id);
             }
             self.propose_from_queue();
         } else if let Some(route) = route {

@@ -140,6 +140,8 @@ fn draw_timeout(config: &Config, rng: &mut ChaCha8Rng) -> u64 {
 
 impl Replica {
     pub(super) fn start_heartbeat_round(&mut self) {
+        // The heartbeat reports our height: peers hear first what it was reached by.
+        self.tell_decisions();
         self.election.round += 1;
         self.election.replies.clear();
         let heartbeat = Heartbeat {
@@ -151,6 +153,7 @@ impl Replica {
 
     pub(super) fn handle_heartbeat(&mut self, from: NodeId, heartbeat: Heartbeat) {
         self.note_peer_height(from, heartbeat.decided);
+        self.tell_decisions_to(from);
         let reply = HeartbeatReply {
             round: heartbeat.round,
             ballot: self.election.ballot,

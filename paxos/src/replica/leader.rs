@@ -1,9 +1,9 @@
 //! The proposer: Phase 1 as a candidate, then Phase 2 as a stable leader that batches client
 //! transfers and keeps several slots in flight.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
-use super::{Candidate, Event, Leader, Outgoing, Proposal, Replica, Role};
+use super::{Candidate, Event, Leader, Outgoing, Proposal, Queued, Replica, Role, Untold};
 use crate::bugs::PlantedBug;
 use crate::ledger::{Batch, Transfer};
 use crate::message::{Accept, Accepted, Decide, Message, Nack, Prepare, Promise};
@@ -184,7 +184,10 @@ impl Replica {
             in_flight: BTreeMap::new(),
             queue: VecDeque::new(),
             proposed: HashSet::new(),
+            untold: Vec::new(),
         });
+        // Clients anywhere may wait on what an earlier leader proposed.
+        let everyone: BTreeSet<NodeId> = self.config.peers().collect();
         for slot in height + 1..=top_slot {
             let batch = match values.remove(&slot) {
                 Some((_, batch)) => batch,
@@ -193,15 +196,22 @@ impl Replica {
                     transfers: Vec::new(),
                 },
             };
-            self.propose_at(slot, batch);
+            self.propose_at(slot, batch, everyone.clone());
         }
         self.ready.events.push(Event::BecameLeader {
             ballot,
             reproposed: (top_slot - height) as usize,
         });
-        let own: Vec<Transfer> = self.pending().cloned().collect();
-        for transfer in own.into_iter().chain(forwarded) {
-            self.enqueue(transfer);
+        let id = self.config.id;
+        let own: Vec<Queued> = self
+            .pending()
+            .map(|transfer| Queued {
+                transfer: transfer.clone(),
+                from: id,
+            })
+            .collect();
+        for queued in own.into_iter().chain(forwarded) {
+            self.enqueue(queued.transfer, queued.from);
         }
         self.propose_from_queue();
     }
@@ -210,6 +220,8 @@ impl Replica {
     /// is running Phase 1 or leading: follow it, and give it a full election timeout before
     /// contesting, so two candidates do not take turns outbidding each other every round.
     pub(super) fn step_down(&mut self, higher: Option<Ballot>) {
+        // What this node decided stays decided: say so before forgetting it led.
+        self.tell_decisions();
         if let Some(ballot) = self.role_ballot() {
             self.role = Role::Follower;
             self.ready
@@ -235,7 +247,7 @@ impl Replica {
     /// decided would only be recorded as a duplicate; the node that took it from its client
     /// answered from the chain before forwarding, so that is rare and not worth a lookup per
     /// transfer here.)
-    pub(super) fn enqueue(&mut self, transfer: Transfer) {
+    pub(super) fn enqueue(&mut self, transfer: Transfer, from: NodeId) {
         let queue_max = self.config.queue_transfers_max;
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -244,7 +256,7 @@ impl Replica {
             return;
         }
         leader.proposed.insert(transfer.id.clone());
-        leader.queue.push_back(transfer);
+        leader.queue.push_back(Queued { transfer, from });
     }
 
     /// Proposes queued transfers as one batch when the in-flight window has room and this node
@@ -268,20 +280,32 @@ impl Replica {
                 return;
             }
             let take = leader.queue.len().min(self.config.batch_transfers_max);
-            let transfers: Vec<Transfer> = leader.queue.drain(..take).collect();
+            let mut waiting = BTreeSet::new();
+            let transfers: Vec<Transfer> = leader
+                .queue
+                .drain(..take)
+                .map(|queued| {
+                    if queued.from != id {
+                        waiting.insert(queued.from);
+                    }
+                    queued.transfer
+                })
+                .collect();
             let slot = leader.next_slot;
             let batch = Batch {
                 proposer: id,
                 transfers,
             };
-            self.propose_at(slot, batch);
+            self.propose_at(slot, batch, waiting);
         }
     }
 
     /// Phase 2a for one slot: ask every peer to accept it, and accept it ourselves. The Accepts
     /// leave at once, while our own vote is written; the vote comes back to us as an Accepted once
-    /// durable (see `Ready`), and only then counts towards the majority.
-    fn propose_at(&mut self, slot: Height, batch: Batch) {
+    /// durable (see `Ready`), and only then counts towards the majority. Decisions not yet told
+    /// travel in front of the Accepts. `waiting`: the peers to tell at once when it is decided.
+    fn propose_at(&mut self, slot: Height, batch: Batch, waiting: BTreeSet<NodeId>) {
+        self.tell_decisions();
         let Role::Leader(leader) = &mut self.role else {
             unreachable!("only a leader proposes");
         };
@@ -295,8 +319,9 @@ impl Replica {
             slot,
             Proposal {
                 batch: batch.clone(),
-                accepted_by: std::collections::BTreeSet::new(),
+                accepted_by: BTreeSet::new(),
                 sent_at: self.now,
+                waiting,
             },
         );
         self.broadcast(Message::Accept(Accept {
@@ -384,8 +409,10 @@ impl Replica {
         }
     }
 
-    /// A majority accepted `slot`: tell everyone, learn it, and use the freed window.
+    /// A majority accepted `slot`: tell the peers whose clients wait on it now and everyone else
+    /// soon (see `Leader::untold`), learn it, and use the freed window.
     fn decide(&mut self, slot: Height) {
+        let peers = self.config.nodes as usize - 1;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -393,8 +420,50 @@ impl Replica {
         let Some(proposal) = leader.in_flight.remove(&slot) else {
             return;
         };
-        self.broadcast(Message::Decide(Decide { ballot, slot }));
+        let decide = Decide { ballot, slot };
+        if proposal.waiting.len() < peers {
+            leader.untold.push(Untold {
+                decide: decide.clone(),
+                told: proposal.waiting.clone(),
+            });
+        }
+        for peer in proposal.waiting {
+            self.send(peer, Message::Decide(decide.clone()));
+        }
         self.learn(slot, proposal.batch);
         self.propose_from_queue();
+    }
+
+    /// Tells every peer the decisions it has not heard yet.
+    pub(super) fn tell_decisions(&mut self) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let untold = std::mem::take(&mut leader.untold);
+        let peers: Vec<NodeId> = self.config.peers().collect();
+        for Untold { decide, told } in untold {
+            for peer in peers.iter().filter(|peer| !told.contains(peer)) {
+                self.send(*peer, Message::Decide(decide.clone()));
+            }
+        }
+    }
+
+    /// Tells `peer` the decisions it has not heard yet. Called before anything that reports this
+    /// node's height goes to it, so that it never fetches a block only because its Decide waited.
+    pub(super) fn tell_decisions_to(&mut self, peer: NodeId) {
+        let peers = self.config.nodes as usize - 1;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let mut decides = Vec::new();
+        for untold in &mut leader.untold {
+            if untold.told.insert(peer) {
+                decides.push(untold.decide.clone());
+            }
+        }
+        leader.untold.retain(|untold| untold.told.len() < peers);
+        for decide in decides {
+            self.send(peer, Message::Decide(decide));
+        }
     }
 }

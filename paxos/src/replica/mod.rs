@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::bugs::PlantedBug;
 use crate::config::{Config, ConfigError};
 use crate::ledger::{Batch, Block, Hash, Ledger, Outcome, Rejection, Transfer, TransferId};
-use crate::message::Message;
+use crate::message::{Decide, Message};
 use crate::storage::{Restored, Write};
 use crate::types::{Ballot, Height, NodeId};
 
@@ -283,6 +283,23 @@ struct Proposal {
     batch: Batch,
     accepted_by: BTreeSet<NodeId>,
     sent_at: u64,
+    /// Peers with a client waiting on this batch: they hear it is decided at once.
+    waiting: BTreeSet<NodeId>,
+}
+
+/// A transfer queued by the leader, with the node it came from (the leader itself, or the peer
+/// that forwarded it).
+#[derive(Clone, Debug)]
+struct Queued {
+    transfer: Transfer,
+    from: NodeId,
+}
+
+/// A decision not yet told to every peer (see `Leader::untold`).
+#[derive(Clone, Debug)]
+struct Untold {
+    decide: Decide,
+    told: BTreeSet<NodeId>,
 }
 
 /// Phase 1 in progress.
@@ -294,7 +311,7 @@ struct Candidate {
     started_at: u64,
     promises: BTreeMap<NodeId, crate::message::Promise>,
     /// Transfers forwarded to this node while it runs Phase 1, proposed once it leads.
-    forwarded: Vec<Transfer>,
+    forwarded: Vec<Queued>,
 }
 
 /// Phase 2: this node leads with `ballot`.
@@ -303,9 +320,14 @@ struct Leader {
     ballot: Ballot,
     next_slot: Height,
     in_flight: BTreeMap<Height, Proposal>,
-    queue: VecDeque<Transfer>,
+    queue: VecDeque<Queued>,
     /// Ids in `queue` or in an in-flight batch, so a transfer forwarded twice is proposed once.
     proposed: HashSet<TransferId>,
+    /// Decisions that peers with no client waiting on them have not heard yet. They ride with
+    /// the next Accepts, or go in front of the next heartbeat or heartbeat reply (which report our
+    /// height): when one client at a time waits, that saves every follower a frame, a wake-up and
+    /// a write per block.
+    untold: Vec<Untold>,
 }
 
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
 //! Unit tests of the replica: feed it inputs, assert on exactly what comes out.
 
 use super::*;
+use crate::bugs::PlantedBugs;
 use crate::message::{
     Accept, Accepted, AcceptedValue, Decide, Forward, Heartbeat, HeartbeatReply, Nack, Prepare,
     Promise,
@@ -393,11 +394,103 @@ fn a_majority_decides_and_the_client_is_answered() {
             })
         }]
     );
-    assert_eq!(
-        messages_to(&ready, 3),
-        vec![&Message::Decide(Decide { ballot, slot: 1 })]
+    assert!(
+        messages_to(&ready, 3).is_empty(),
+        "no client waits at node 3: it hears with the next Accepts or heartbeat"
     );
     assert_eq!(replica.ledger().balances(), &[80, 100, 120, 100, 100]);
+}
+
+#[test]
+fn peers_whose_clients_wait_hear_a_decision_at_once_and_the_rest_hear_it_next() {
+    let mut replica = leader(5);
+    let ballot = replica.election.ballot();
+    let decide = |slot| Message::Decide(Decide { ballot, slot });
+    let accepted = |slot| Message::Accepted(Accepted { ballot, slot });
+    let no_decides = |ready: &Ready| {
+        ready
+            .all_messages()
+            .all(|outgoing| !matches!(outgoing.message, Message::Decide(_)))
+    };
+    // Slot 1: a transfer of the leader's own client. Slot 2: one forwarded by node 4.
+    replica.step(Input::Propose(transfer("a", 1, 3, 20)));
+    receive(
+        &mut replica,
+        4,
+        Message::Forward(Forward {
+            transfers: vec![transfer("b", 4, 2, 5)],
+            hops: 0,
+        }),
+    );
+    own_vote(&mut replica, 1);
+    receive(&mut replica, 2, accepted(1));
+    let ready = receive(&mut replica, 3, accepted(1));
+    assert_eq!(ready.replies.len(), 1, "slot 1 is decided");
+    assert!(no_decides(&ready), "no client waits at a peer on slot 1");
+    own_vote(&mut replica, 2);
+    receive(&mut replica, 5, accepted(2));
+    let ready = receive(&mut replica, 2, accepted(2));
+    assert!(ready.replies.is_empty(), "node 4 answers its own client");
+    assert_eq!(
+        messages_to(&ready, 4),
+        vec![&decide(2)],
+        "node 4's client waits on slot 2: it hears at once"
+    );
+    for peer in [2, 3, 5] {
+        assert!(messages_to(&ready, peer).is_empty(), "node {peer}");
+    }
+    // The next Accepts carry, in front of them, what each peer was not yet told.
+    let ready = replica.step(Input::Propose(transfer("c", 1, 5, 1)));
+    let accept_3 = |message: &Message| matches!(message, Message::Accept(Accept { slot: 3, .. }));
+    for peer in [2, 3, 5] {
+        let messages = messages_to(&ready, peer);
+        assert_eq!(messages.len(), 3, "node {peer}: {messages:?}");
+        assert_eq!(messages[..2], [&decide(1), &decide(2)], "node {peer}");
+        assert!(accept_3(messages[2]), "node {peer}: {messages:?}");
+    }
+    let messages = messages_to(&ready, 4);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0], &decide(1));
+    assert!(accept_3(messages[1]), "{messages:?}");
+    // With nothing more to propose, what reports our height tells first.
+    own_vote(&mut replica, 3);
+    receive(&mut replica, 2, accepted(3));
+    let ready = receive(&mut replica, 3, accepted(3));
+    assert_eq!(ready.replies.len(), 1, "slot 3 is decided");
+    // A heartbeat's reply reports our height: the peer hears first what it was reached by, so
+    // it never fetches a block only because its Decide waited.
+    let ready = receive(
+        &mut replica,
+        2,
+        Message::Heartbeat(Heartbeat {
+            round: 1,
+            decided: 2,
+        }),
+    );
+    let messages = messages_to(&ready, 2);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0], &decide(3));
+    assert!(matches!(
+        messages[1],
+        Message::HeartbeatReply(HeartbeatReply { decided: 3, .. })
+    ));
+    // The tick's heartbeats tell the rest, in front of them, once.
+    let ready = replica.step(Input::Tick);
+    assert!(
+        !messages_to(&ready, 2).contains(&&decide(3)),
+        "node 2 was told"
+    );
+    for peer in 3..=5 {
+        let messages = messages_to(&ready, peer);
+        assert_eq!(messages[0], &decide(3), "node {peer}: {messages:?}");
+        assert!(messages
+            .iter()
+            .any(|message| matches!(message, Message::Heartbeat(_))));
+    }
+    assert!(
+        no_decides(&replica.step(Input::Tick)),
+        "each decision is told once"
+    );
 }
 
 #[test]
@@ -578,6 +671,36 @@ fn a_higher_ballot_makes_a_leader_step_down_and_follow_it() {
 }
 
 #[test]
+fn a_leader_that_steps_down_first_tells_what_it_decided() {
+    let mut replica = leader(3);
+    let ballot = replica.election.ballot();
+    replica.step(Input::Propose(transfer("a", 1, 3, 20)));
+    own_vote(&mut replica, 1);
+    let decided = receive(
+        &mut replica,
+        2,
+        Message::Accepted(Accepted { ballot, slot: 1 }),
+    );
+    assert_eq!(decided.replies.len(), 1, "slot 1 is decided");
+    let ready = receive(
+        &mut replica,
+        2,
+        Message::Nack(Nack {
+            ballot,
+            promised: Ballot::new(9, 2),
+        }),
+    );
+    assert_eq!(replica.role(), RoleName::Follower);
+    for peer in [2, 3] {
+        assert_eq!(
+            messages_to(&ready, peer),
+            vec![&Message::Decide(Decide { ballot, slot: 1 })],
+            "node {peer}"
+        );
+    }
+}
+
+#[test]
 fn fetched_blocks_that_do_not_link_are_refused() {
     let mut source = Ledger::genesis(3, 100);
     let good = source.apply(1, &[transfer("a", 1, 2, 5)]);
@@ -677,7 +800,10 @@ fn only_messages_that_vouch_for_fresh_writes_wait_for_them() {
         Message::Accepted(Accepted { ballot, slot: 1 }),
     );
     assert!(decided.messages_after_writes.is_empty());
-    assert_eq!(decided.messages.len(), 2, "Decide to both peers");
+    assert!(
+        decided.messages.is_empty(),
+        "no client waits at a peer: the Decide rides with the next Accepts"
+    );
     assert_eq!(decided.replies.len(), 1);
     // A refusal waits for nothing either.
     let refused = leader.step(Input::Propose(transfer("b", 1, 9, 5)));
@@ -967,13 +1093,17 @@ fn a_closed_connection_to_the_leader_starts_an_election_at_once() {
     assert!(ready.events.is_empty());
 }
 
-#[test]
-fn a_candidate_that_no_longer_hears_a_majority_stops_running() {
-    // Node 5 of 5 runs, then hears only node 2, which keeps reporting node 5's ballot as the
-    // leader it heard (as a stale report would). Node 5 cannot win; running again with higher
-    // ballots would only depose, each time, the leader the other nodes elect. It must go back to
-    // following within an election timeout and never start a higher ballot.
-    let mut replica = fresh(5, 5);
+/// Node 5 of 5 runs, then hears only node 2, which keeps reporting node 5's ballot as the
+/// leader it heard (as a stale report would), for three election timeouts. Returns the ballot it
+/// first ran with, the ballots it started elections with afterwards, and its role at the end.
+fn candidate_that_hears_one_peer(planted_bugs: PlantedBugs) -> (Ballot, Vec<Ballot>, RoleName) {
+    let mut config = Config::new(5, 5);
+    config.planted_bugs = planted_bugs;
+    let restored = Restored {
+        acceptor: AcceptorState::default(),
+        ledger: Ledger::genesis(5, 100),
+    };
+    let mut replica = Replica::new(config, restored, 7).unwrap();
     replica.election.quorum_connected_for_tests();
     replica.start_election();
     let first = replica.election.ballot();
@@ -998,6 +1128,35 @@ fn a_candidate_that_no_longer_hears_a_majority_stops_running() {
             }
         }
     }
+    (first, ballots, replica.role())
+}
+
+#[test]
+fn a_candidate_that_no_longer_hears_a_majority_stops_running() {
+    // Node 5 cannot win; running again with higher ballots would only depose, each time, the
+    // leader the other nodes elect. It must go back to following within an election timeout and
+    // never start a higher ballot.
+    let (_, ballots, role) = candidate_that_hears_one_peer(PlantedBugs::default());
     assert!(ballots.is_empty(), "ran again with {ballots:?}");
-    assert_eq!(replica.role(), RoleName::Follower);
+    assert_eq!(role, RoleName::Follower);
+}
+
+/// The planted bug behind the lasting mode's finding on 7 nodes (see `PlantedBug`) is caught by
+/// the case built above. (The simulator found it at one seed of its random lasting mode; that
+/// seed stopped showing it when the leader began to hold back Decides, so the case is kept here,
+/// built exactly, where no change of message pattern can hide it.)
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn a_candidate_that_keeps_running_without_a_majority_is_caught() {
+    let (first, ballots, _) = candidate_that_hears_one_peer(PlantedBugs::only(
+        crate::bugs::PlantedBug::RerunWithoutQuorum,
+    ));
+    assert!(
+        !ballots.is_empty(),
+        "the planted bug went unnoticed: it never ran again"
+    );
+    assert!(
+        ballots.iter().all(|ballot| *ballot > first),
+        "it ran again with higher ballots than {first}: {ballots:?}"
+    );
 }
