@@ -436,15 +436,11 @@ impl Replica {
 
     /// Tells every peer the decisions it has not heard yet.
     pub(super) fn tell_decisions(&mut self) {
-        let Role::Leader(leader) = &mut self.role else {
+        if !matches!(&self.role, Role::Leader(leader) if !leader.untold.is_empty()) {
             return;
-        };
-        let untold = std::mem::take(&mut leader.untold);
-        let peers: Vec<NodeId> = self.config.peers().collect();
-        for Untold { decide, told } in untold {
-            for peer in peers.iter().filter(|peer| !told.contains(peer)) {
-                self.send(*peer, Message::Decide(decide.clone()));
-            }
+        }
+        for peer in self.config.peers().collect::<Vec<_>>() {
+            self.tell_decisions_to(peer);
         }
     }
 
