@@ -119,6 +119,11 @@ pub fn channel() -> (CoreHandle, mpsc::Receiver<Command>) {
     (CoreHandle { sender }, receiver)
 }
 
+/// The longest the writer holds lazy records in memory (see `Wal::write_out`) when no synced
+/// write comes to take them to the file: they are then written, unsynced, so that a process
+/// crash loses no more than a machine crash would have within this window.
+const LAZY_HOLD_MAX: Duration = Duration::from_millis(10);
+
 /// Where the core loop hands the writer thread each group of writes.
 pub type WriteSender = std_mpsc::Sender<(Vec<Write>, Durability)>;
 
@@ -156,42 +161,58 @@ pub fn start_writer(
     };
     std::thread::Builder::new()
         .name("benmo-writer".to_string())
-        .spawn(move || loop {
-            let wait = storage
-                .backlog_due_in()
-                .unwrap_or(Duration::from_secs(3600));
-            match batches.recv_timeout(wait) {
-                Ok((batch, durability)) => {
-                    let started = std::time::Instant::now();
-                    let written = match durability {
-                        Durability::Synced => storage.write(&batch),
-                        Durability::Lazy => storage.write_lazily(&batch),
-                    };
-                    if let Err(error) = written {
-                        fail(error);
-                    }
-                    if durability == Durability::Synced {
-                        telemetry.flushed(started.elapsed());
-                        if !options.fsync_delay.is_zero() {
-                            std::thread::sleep(options.fsync_delay);
-                        }
-                    }
-                    if done.send(Written::Done).is_err() {
-                        return;
-                    }
+        .spawn(move || {
+            // Since when the log holds lazy records in memory only (see `Wal::write_out`).
+            let mut held_since: Option<std::time::Instant> = None;
+            loop {
+                let mut wait = storage
+                    .backlog_due_in()
+                    .unwrap_or(Duration::from_secs(3600));
+                if let Some(since) = held_since {
+                    wait = wait.min(LAZY_HOLD_MAX.saturating_sub(since.elapsed()));
                 }
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-            if storage.backlog_due_in() == Some(Duration::ZERO) {
-                match storage.apply_backlog() {
-                    Ok(Some(height)) => {
-                        if done.send(Written::Archived(height)).is_err() {
+                match batches.recv_timeout(wait) {
+                    Ok((batch, durability)) => {
+                        let started = std::time::Instant::now();
+                        let written = match durability {
+                            Durability::Synced => storage.write(&batch),
+                            Durability::Lazy => storage.write_lazily(&batch),
+                        };
+                        if let Err(error) = written {
+                            fail(error);
+                        }
+                        if durability == Durability::Synced {
+                            telemetry.flushed(started.elapsed());
+                            if !options.fsync_delay.is_zero() {
+                                std::thread::sleep(options.fsync_delay);
+                            }
+                        }
+                        held_since = storage
+                            .holds_unwritten()
+                            .then(|| held_since.unwrap_or(started));
+                        if done.send(Written::Done).is_err() {
                             return;
                         }
                     }
-                    Ok(None) => {}
-                    Err(error) => fail(error),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                if held_since.is_some_and(|since| since.elapsed() >= LAZY_HOLD_MAX) {
+                    if let Err(error) = storage.write_out() {
+                        fail(error);
+                    }
+                    held_since = None;
+                }
+                if storage.backlog_due_in() == Some(Duration::ZERO) {
+                    match storage.apply_backlog() {
+                        Ok(Some(height)) => {
+                            if done.send(Written::Archived(height)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => fail(error),
+                    }
                 }
             }
         })?;

@@ -815,6 +815,16 @@ impl SledStorage {
         }
     }
 
+    /// Whether the log holds lazy writes in memory only (see [`Wal::write_out`]).
+    pub fn holds_unwritten(&self) -> bool {
+        self.wal.holds_unwritten()
+    }
+
+    /// Writes what the log holds in memory from lazy writes (see [`Wal::write_out`]), unsynced.
+    pub fn write_out(&mut self) -> Result<(), StorageError> {
+        Ok(self.wal.write_out()?)
+    }
+
     /// Writes `writes` without syncing them (see [`Write::vouches`]): the next synced write, or a
     /// checkpoint, makes them durable, and a crash before then may lose them. A write that vouches
     /// for something is refused.
