@@ -297,7 +297,6 @@ impl Wal {
         let mut header = [0u8; HEADER_BYTES];
         header[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
         header[4..].copy_from_slice(&crc32fast::hash(payload).to_be_bytes());
-        let path = segment_path(&self.folder, self.segment);
         if let Some(direct) = &mut self.direct {
             direct.hold(&header, payload);
             self.offset += (HEADER_BYTES + payload.len()) as u64;
@@ -306,6 +305,7 @@ impl Wal {
         let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
         record.extend_from_slice(&header);
         record.extend_from_slice(payload);
+        let path = segment_path(&self.folder, self.segment);
         self.file
             .write_all_at(&record, self.offset)
             .map_err(io_error(&path))?;
@@ -529,13 +529,11 @@ struct AlignedBlock([u8; DIRECT_BLOCK]);
 /// Writes records into a ready file with direct I/O, in whole aligned blocks.
 struct DirectWriter {
     file: File,
-    /// The file's bytes from `base` to the log's end, then room for the next record. The bytes
-    /// before the last block boundary at or before the end of what was written are the only
-    /// ones ever dropped from the front.
+    /// The log's bytes from `base` to its end (`held` of them), then room for more.
     blocks: Vec<AlignedBlock>,
     /// The file offset of `blocks`' first byte: a block boundary.
     base: u64,
-    /// Bytes of `blocks` that belong to the log.
+    /// Bytes of `blocks` that hold the log.
     held: usize,
     /// Whether some of them are not written yet (records appended lazily).
     unwritten: bool,
