@@ -149,74 +149,80 @@ pub enum Written {
 /// cannot write cannot keep its promises, and nothing that waited for the write has been
 /// released.
 pub fn start_writer(
-    mut storage: SledStorage,
+    storage: SledStorage,
     options: WriterOptions,
     telemetry: std::sync::Arc<Telemetry>,
 ) -> std::io::Result<(WriteSender, mpsc::UnboundedReceiver<Written>)> {
     let (writes, batches) = std_mpsc::channel::<(Vec<Write>, Durability)>();
     let (done, written) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("benmo-writer".to_string())
+        .spawn(move || run_writer(storage, batches, done, options, &telemetry))?;
+    Ok((writes, written))
+}
+
+/// The writer thread's loop; returns once either channel is closed.
+fn run_writer(
+    mut storage: SledStorage,
+    batches: std_mpsc::Receiver<(Vec<Write>, Durability)>,
+    done: mpsc::UnboundedSender<Written>,
+    options: WriterOptions,
+    telemetry: &Telemetry,
+) {
     let fail = |error: StorageError| -> ! {
         error!(%error, "cannot write to the data directory; stopping");
         std::process::exit(74);
     };
-    std::thread::Builder::new()
-        .name("benmo-writer".to_string())
-        .spawn(move || {
-            // Since when the log holds lazy records in memory only (see `Wal::write_out`).
-            let mut held_since: Option<std::time::Instant> = None;
-            loop {
-                let mut wait = storage
-                    .backlog_due_in()
-                    .unwrap_or(Duration::from_secs(3600));
-                if let Some(since) = held_since {
-                    wait = wait.min(LAZY_HOLD_MAX.saturating_sub(since.elapsed()));
+    loop {
+        let mut wait = storage
+            .backlog_due_in()
+            .unwrap_or(Duration::from_secs(3600));
+        if let Some(since) = storage.unwritten_since() {
+            wait = wait.min(LAZY_HOLD_MAX.saturating_sub(since.elapsed()));
+        }
+        match batches.recv_timeout(wait) {
+            Ok((batch, durability)) => {
+                let started = std::time::Instant::now();
+                let written = match durability {
+                    Durability::Synced => storage.write(&batch),
+                    Durability::Lazy => storage.write_lazily(&batch),
+                };
+                if let Err(error) = written {
+                    fail(error);
                 }
-                match batches.recv_timeout(wait) {
-                    Ok((batch, durability)) => {
-                        let started = std::time::Instant::now();
-                        let written = match durability {
-                            Durability::Synced => storage.write(&batch),
-                            Durability::Lazy => storage.write_lazily(&batch),
-                        };
-                        if let Err(error) = written {
-                            fail(error);
-                        }
-                        if durability == Durability::Synced {
-                            telemetry.flushed(started.elapsed());
-                            if !options.fsync_delay.is_zero() {
-                                std::thread::sleep(options.fsync_delay);
-                            }
-                        }
-                        held_since = storage
-                            .holds_unwritten()
-                            .then(|| held_since.unwrap_or(started));
-                        if done.send(Written::Done).is_err() {
-                            return;
-                        }
+                if durability == Durability::Synced {
+                    telemetry.flushed(started.elapsed());
+                    if !options.fsync_delay.is_zero() {
+                        std::thread::sleep(options.fsync_delay);
                     }
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
                 }
-                if held_since.is_some_and(|since| since.elapsed() >= LAZY_HOLD_MAX) {
-                    if let Err(error) = storage.write_out() {
-                        fail(error);
-                    }
-                    held_since = None;
-                }
-                if storage.backlog_due_in() == Some(Duration::ZERO) {
-                    match storage.apply_backlog() {
-                        Ok(Some(height)) => {
-                            if done.send(Written::Archived(height)).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(error) => fail(error),
-                    }
+                if done.send(Written::Done).is_err() {
+                    return;
                 }
             }
-        })?;
-    Ok((writes, written))
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if storage
+            .unwritten_since()
+            .is_some_and(|since| since.elapsed() >= LAZY_HOLD_MAX)
+        {
+            if let Err(error) = storage.write_out() {
+                fail(error);
+            }
+        }
+        if storage.backlog_due_in() == Some(Duration::ZERO) {
+            match storage.apply_backlog() {
+                Ok(Some(height)) => {
+                    if done.send(Written::Archived(height)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => fail(error),
+            }
+        }
+    }
 }
 
 /// The node's side of the host's [`Environment`].

@@ -815,9 +815,9 @@ impl SledStorage {
         }
     }
 
-    /// Whether the log holds lazy writes in memory only (see [`Wal::write_out`]).
-    pub fn holds_unwritten(&self) -> bool {
-        self.wal.holds_unwritten()
+    /// Since when the log holds lazy writes in memory only (see [`Wal::unwritten_since`]).
+    pub fn unwritten_since(&self) -> Option<std::time::Instant> {
+        self.wal.unwritten_since()
     }
 
     /// Writes what the log holds in memory from lazy writes (see [`Wal::write_out`]), unsynced.

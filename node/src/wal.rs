@@ -32,6 +32,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// A segment is closed and a new one started once it holds this many bytes; the size its file is
 /// made ready with.
@@ -337,10 +338,12 @@ impl Wal {
         }
     }
 
-    /// Whether records appended lazily are held in memory, not yet written (see
-    /// [`Wal::write_out`]).
-    pub fn holds_unwritten(&self) -> bool {
-        self.direct.as_ref().is_some_and(|direct| direct.unwritten)
+    /// Since when records appended lazily are held in memory, not yet written (see
+    /// [`Wal::write_out`]); `None` if none are.
+    pub fn unwritten_since(&self) -> Option<Instant> {
+        self.direct
+            .as_ref()
+            .and_then(|direct| direct.unwritten_since)
     }
 
     /// The end of the last record.
@@ -535,8 +538,8 @@ struct DirectWriter {
     base: u64,
     /// Bytes of `blocks` that hold the log.
     held: usize,
-    /// Whether some of them are not written yet (records appended lazily).
-    unwritten: bool,
+    /// Since when some of them are not written yet (records appended lazily).
+    unwritten_since: Option<Instant>,
 }
 
 impl DirectWriter {
@@ -552,7 +555,7 @@ impl DirectWriter {
             blocks: vec![AlignedBlock([0; DIRECT_BLOCK])],
             base: 0,
             held: 0,
-            unwritten: false,
+            unwritten_since: None,
         })
     }
 
@@ -567,14 +570,14 @@ impl DirectWriter {
         bytes[self.held..self.held + header.len()].copy_from_slice(header);
         bytes[self.held + header.len()..record_end].copy_from_slice(payload);
         self.held = record_end;
-        self.unwritten = true;
+        self.unwritten_since.get_or_insert_with(Instant::now);
     }
 
     /// Writes every record held and not yet written: the blocks from `base` through the log's
     /// end, the rest of the last block zeros (as the ready file held). Keeps that last, partly
     /// written block for the next record.
     fn write_out(&mut self) -> io::Result<()> {
-        if !self.unwritten {
+        if self.unwritten_since.is_none() {
             return Ok(());
         }
         let blocks = self.held.div_ceil(DIRECT_BLOCK);
@@ -586,7 +589,7 @@ impl DirectWriter {
         bytes.copy_within(kept_from..self.held, 0);
         self.base += kept_from as u64;
         self.held -= kept_from;
-        self.unwritten = false;
+        self.unwritten_since = None;
         if self.blocks.len() > DIRECT_BUFFER_BLOCKS_KEPT {
             self.blocks.truncate(1);
             self.blocks.shrink_to_fit();
@@ -1136,7 +1139,7 @@ mod tests {
         let path = segment_path(folder.path(), 1);
         let synced = wal.append(b"synced").unwrap();
         let lazy = wal.append_unsynced(b"lazy").unwrap();
-        assert!(wal.holds_unwritten());
+        assert!(wal.unwritten_since().is_some());
         let on_disk = |upto: Position| fs::read(&path).unwrap()[..upto.offset as usize].to_vec();
         assert!(
             on_disk(lazy)[synced.offset as usize..]
@@ -1145,12 +1148,12 @@ mod tests {
             "the lazy record is held in memory"
         );
         wal.write_out().unwrap();
-        assert!(!wal.holds_unwritten());
+        assert!(wal.unwritten_since().is_none());
         assert_eq!(&on_disk(lazy)[synced.offset as usize + 8..], b"lazy");
         let lazy_too = wal.append_unsynced(b"lazy too").unwrap();
         let end = wal.append(b"and synced").unwrap();
         assert!(
-            !wal.holds_unwritten(),
+            wal.unwritten_since().is_none(),
             "a sync writes the lazy records first"
         );
         assert_eq!(&on_disk(lazy_too)[lazy.offset as usize + 8..], b"lazy too");
