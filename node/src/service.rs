@@ -855,13 +855,15 @@ pub async fn serve(settings: Settings) -> Result<()> {
     tokio::spawn(telemetry.clone().publish_message_counts());
     let writer = WriterOptions {
         fsync_delay: settings.fsync_delay,
+        ..WriterOptions::default()
     };
     let id_filter_scan = storage.id_filter_scan();
-    let (writes, written) = core_loop::start_writer(storage, writer, telemetry.clone())
+    let decided = storage.decided_blocks();
+    let (writer, written) = core_loop::start_writer(storage, writer, telemetry.clone())
         .context("cannot start the writer thread")?;
     let core_task = tokio::spawn(core_loop::run(
         Host::new(replica),
-        NodeEnvironment::new(transport, writes, telemetry.clone()),
+        NodeEnvironment::new(transport, writer, decided, telemetry.clone()),
         commands,
         written,
         settings.heartbeat,

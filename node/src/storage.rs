@@ -168,6 +168,11 @@ pub struct SledStorage {
     checkpoints: std::sync::mpsc::Sender<()>,
     /// Writes durable in the log but not yet applied to sled (see [`SledStorage::apply_backlog`]).
     backlog: RefCell<Backlog>,
+    /// Backlogs taken out so far (see [`SledStorage::detach_backlog`]): each one's turn to be
+    /// applied.
+    detached: std::cell::Cell<u64>,
+    /// What applies backlogs to sled, in the order they were taken.
+    applier: Applier,
     /// The backlog's blocks, for the chain's readers.
     waiting_blocks: Arc<Mutex<BTreeMap<Height, Block>>>,
     /// The stored chain's height (None before the genesis), the backlog included.
@@ -178,8 +183,9 @@ pub struct SledStorage {
     filter: Arc<IdFilter>,
     /// The dedup index.
     index: Arc<DedupIndex>,
-    /// Wakes the threads that merge the index's runs.
-    merges: Merges,
+    /// Stops the threads that merge the index's runs when the store is dropped (the applier
+    /// wakes them).
+    _merges: Merges,
 }
 
 /// Writes waiting to be applied to sled, in order, with the log position they end at.
@@ -190,9 +196,11 @@ struct Backlog {
     since: Option<Instant>,
 }
 
-/// sled pays a write and a `sync_file_range` of its own for every batch applied to it, so the
-/// log's records are applied in bulk: at most this long after the first one waiting...
-pub const SLED_APPLY_DELAY: Duration = Duration::from_millis(20);
+/// sled pays a write and a `sync_file_range` of its own for every batch applied to it, and the
+/// dedup index a run, so the log's records are applied in bulk: at most this long after the first
+/// one waiting... (Applying is off the commit path: the writer thread applies a detached backlog
+/// without holding the store, see [`SledStorage::detach_backlog`].)
+pub const SLED_APPLY_DELAY: Duration = Duration::from_millis(200);
 /// ... or once this many writes wait.
 const SLED_BACKLOG_WRITES_MAX: usize = 8_192;
 
@@ -581,12 +589,10 @@ impl MergeSignal {
     fn closed(&self) -> bool {
         self.state.lock().expect("not poisoned").1
     }
-}
 
-impl Merges {
     fn wake(&self) {
-        self.signal.state.lock().expect("not poisoned").0 += 1;
-        self.signal.woken.notify_all();
+        self.state.lock().expect("not poisoned").0 += 1;
+        self.woken.notify_all();
     }
 }
 
@@ -660,263 +666,66 @@ fn be_u64(key: &[u8], bytes: &[u8]) -> Result<u64, StorageError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-impl SledStorage {
-    /// Opens a node's data directory, creating it (with its identity and the genesis block) on
-    /// first start. An existing directory must carry the same identity.
-    ///
-    /// Besides the identity inside sled, the directory holds an `IDENTITY` file written once at
-    /// first start. If sled comes up empty in a directory that has one, its data file was lost or
-    /// damaged beyond sled's recovery: starting would forget promises and the chain, so the node
-    /// refuses.
-    pub fn open_node(path: &Path, identity: &Identity) -> Result<SledStorage, StorageError> {
-        let marker = path.join(IDENTITY_FILE);
-        let initialized = marker.exists();
-        let fresh_sled = !path.join("db").exists();
-        if initialized && fresh_sled {
-            return Err(StorageError::Lost {
-                path: path.to_path_buf(),
-            });
-        }
-        let mut storage = SledStorage::open(path, identity)?;
-        if initialized && storage.height.is_none() {
-            return Err(StorageError::Lost {
-                path: path.to_path_buf(),
-            });
-        }
-        if storage.height.is_none() {
-            storage.write(&[Write::AppendBlock(identity.genesis())])?;
-            storage.checkpoint()?;
-            // The directory entries of sled's files must be durable too.
-            File::open(path)
-                .and_then(|directory| directory.sync_all())
-                .map_err(|source| StorageError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-        }
-        // Written only once the genesis is durable: a crash before this point leaves a directory
-        // that simply initializes again.
-        if !initialized {
-            write_marker(&marker, identity)?;
-        }
-        Ok(storage)
-    }
+/// What applies the log's records to sled: handles shared with the store, so that a backlog can
+/// be applied without holding the store (see [`SledStorage::detach_backlog`]).
+#[derive(Clone)]
+struct Applier {
+    tree: sled::Tree,
+    index: Arc<DedupIndex>,
+    filter: Arc<IdFilter>,
+    merges: Arc<MergeSignal>,
+    waiting_blocks: Arc<Mutex<BTreeMap<Height, Block>>>,
+    order: Arc<ApplyOrder>,
+}
 
-    /// Opens (or creates) the store for `identity` without writing the genesis block.
-    pub fn open(path: &Path, identity: &Identity) -> Result<SledStorage, StorageError> {
-        std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let db = sled_config(path).open()?;
-        let tree = db.open_tree("benmo")?;
-        let data_path = path.join("db");
-        let data_file = File::open(&data_path).map_err(|source| StorageError::Io {
-            path: data_path.clone(),
-            source,
-        })?;
-        let applied = match tree.get([WAL_POSITION])? {
-            None => Position::default(),
-            Some(bytes) => Position::from_bytes(&bytes)
-                .ok_or_else(|| corrupted(&[WAL_POSITION], "a log position is 16 bytes"))?,
-        };
-        // Before the log is touched: a store of another node, cluster or format is refused as
-        // it is found.
-        let format = check_identity(&tree, path, identity)?;
-        let wal_folder = path.join(WAL_FOLDER);
-        let log_format = if format == FORMAT {
-            LogFormat::Current
-        } else {
-            LogFormat::Plain
-        };
-        let (wal, replay) = Wal::open(&wal_folder, applied, log_format)?;
-        let checkpoints = start_checkpoints(db.clone(), tree.clone(), data_file, wal_folder)?;
-        let index = Arc::new(DedupIndex::open(tree.clone())?);
-        let merges = start_merges(index.clone())?;
-        let mut storage = SledStorage {
-            path: path.to_path_buf(),
-            db,
-            tree,
-            checkpointed: wal.position(),
-            wal,
-            checkpoints,
-            backlog: RefCell::new(Backlog::default()),
-            waiting_blocks: Arc::new(Mutex::new(BTreeMap::new())),
-            height: None,
-            promised: Ballot::ZERO,
-            filter: Arc::new(IdFilter::new()),
-            index,
-            merges,
-        };
-        if format == FORMAT_V1 {
-            // Before anything moves: a binary of format 1 must refuse a store whose index is even
-            // partly in runs (it would not read them). This one moves whatever is left on every
-            // opening.
-            storage.mark_format(FORMAT_V2)?;
-        }
-        storage.migrate_index()?;
-        storage.height = storage.read_height()?;
-        storage.promised = storage.read_promised()?;
-        if applied == Position::default()
-            && replay.first().is_some_and(|record| record.end.segment > 1)
+/// Whose turn it is to apply a detached backlog: sled must see the log's records in log order.
+#[derive(Default)]
+struct ApplyOrder {
+    next: Mutex<u64>,
+    turn: std::sync::Condvar,
+}
+
+/// A backlog taken out of the store (see [`SledStorage::detach_backlog`]).
+pub struct DetachedBacklog {
+    applier: Applier,
+    backlog: Backlog,
+    turn: u64,
+}
+
+impl DetachedBacklog {
+    /// Applies the backlog to sled as one batch, after every backlog detached before it; returns
+    /// the highest block it applied, if any.
+    pub fn apply(self) -> Result<Option<Height>, StorageError> {
+        let order = &self.applier.order;
         {
-            // sled holds nothing of the log, yet the log's first segments were deleted because
-            // sled held them: sled's data is gone.
-            return Err(StorageError::Lost {
-                path: path.to_path_buf(),
-            });
-        }
-        let replayed = !replay.is_empty();
-        for record in replay {
-            let writes = decode_record(&record.payload)?;
-            // Stores written by another version may hold some of these already.
-            let writes = storage.not_yet_applied(writes);
-            storage.track(&writes);
-            storage.apply(&writes, record.end)?;
-        }
-        if replayed && log_format == LogFormat::Current {
-            storage.checkpoint()?;
-        }
-        if log_format == LogFormat::Plain {
-            // The earlier format's log is read only by the earlier rules: leave none of it (the
-            // checkpoint also covers what was replayed), then say so durably, and only then
-            // write the current way.
-            storage.wal.start_segment()?;
-            storage.checkpoint()?;
-            storage.mark_format(FORMAT)?;
-            storage.wal.start_current_format();
-        }
-        Ok(storage)
-    }
-
-    /// Records the store's format durably (sled's own flush does not sync, spacejam/sled#1452).
-    fn mark_format(&self, format: &[u8]) -> Result<(), StorageError> {
-        self.tree.insert(key(META, b"format"), format)?;
-        self.db.flush()?;
-        self.sync_sled_data()
-    }
-
-    fn sync_sled_data(&self) -> Result<(), StorageError> {
-        let data_path = self.path.join("db");
-        File::open(&data_path)
-            .and_then(|file| file.sync_data())
-            .map_err(|source| StorageError::Io {
-                path: data_path,
-                source,
-            })
-    }
-
-    /// What fills the dedup index's filter: until it has run, lookups read sled. A node starts it
-    /// once it serves, so that it never slows the node's start.
-    pub fn id_filter_scan(&self) -> IdFilterScan {
-        IdFilterScan {
-            index: self.index.clone(),
-            filter: self.filter.clone(),
-        }
-    }
-
-    /// Since when the log holds lazy writes in memory only (see [`Wal::unwritten_since`]).
-    pub fn unwritten_since(&self) -> Option<std::time::Instant> {
-        self.wal.unwritten_since()
-    }
-
-    /// Writes what the log holds in memory from lazy writes (see [`Wal::write_out`]), unsynced.
-    pub fn write_out(&mut self) -> Result<(), StorageError> {
-        Ok(self.wal.write_out()?)
-    }
-
-    /// Writes `writes` without syncing them (see [`Write::vouches`]): the next synced write, or a
-    /// checkpoint, makes them durable, and a crash before then may lose them. A write that vouches
-    /// for something is refused.
-    pub fn write_lazily(&mut self, writes: &[Write]) -> Result<(), StorageError> {
-        if let Some(write) = writes.iter().find(|write| write.vouches()) {
-            return Err(StorageError::Refused(format!(
-                "{write:?} must be synced, not written lazily"
-            )));
-        }
-        self.write_record(writes, false)
-    }
-
-    fn write_record(&mut self, writes: &[Write], sync: bool) -> Result<(), StorageError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        self.check(writes)?;
-        let record = encode_record(writes);
-        let position = if sync {
-            self.wal.append(&record)?
-        } else {
-            self.wal.append_unsynced(&record)?
-        };
-        self.track(writes);
-        let blocks: Vec<&Block> = writes
-            .iter()
-            .filter_map(|write| match write {
-                Write::AppendBlock(block) => Some(block),
-                _ => None,
-            })
-            .collect();
-        if !blocks.is_empty() {
-            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
-            for block in blocks {
-                waiting.insert(block.height, block.clone());
+            let mut next = order.next.lock().expect("not poisoned");
+            while *next != self.turn {
+                next = order.turn.wait(next).expect("not poisoned");
             }
         }
-        {
-            let mut backlog = self.backlog.borrow_mut();
-            backlog.writes.extend_from_slice(writes);
-            backlog.end = position;
-            backlog.since.get_or_insert_with(Instant::now);
-        }
-        if self.backlog.borrow().writes.len() >= SLED_BACKLOG_WRITES_MAX {
-            self.apply_backlog()?;
-        }
-        if position.segment > self.checkpointed.segment {
-            // A segment is full: sled catches up in the background, then the log shrinks.
-            self.checkpointed = position;
-            let _ = self.checkpoints.send(());
-        }
-        Ok(())
+        let applied = self.applier.apply_backlog(&self.backlog);
+        *order.next.lock().expect("not poisoned") += 1;
+        order.turn.notify_all();
+        applied
     }
+}
 
-    /// Drops writes the store already holds (a block at or below its height, a lower promise),
-    /// so that applying a log record twice changes nothing.
-    fn not_yet_applied(&self, writes: Vec<Write>) -> Vec<Write> {
-        let next = self.height.map_or(0, |height| height + 1);
-        writes
-            .into_iter()
-            .filter(|write| match write {
-                Write::AppendBlock(block) => block.height >= next,
-                Write::Promise(ballot) => *ballot >= self.promised,
-                _ => true,
-            })
-            .collect()
-    }
-
-    /// Makes everything applied so far durable in sled, and deletes the log segments it covers.
-    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
-        self.apply_backlog()?;
-        let position = self.wal.position();
-        self.db.flush()?;
-        self.sync_sled_data()?;
-        Wal::forget_before(&self.path.join(WAL_FOLDER), position)?;
-        self.checkpointed = position;
-        Ok(())
-    }
-
-    fn read_height(&self) -> Result<Option<Height>, StorageError> {
-        match self.tree.scan_prefix([CHAIN]).keys().next_back() {
-            None => Ok(None),
-            Some(key) => Ok(Some(number(&key?)?)),
+impl Applier {
+    fn apply_backlog(&self, backlog: &Backlog) -> Result<Option<Height>, StorageError> {
+        if backlog.writes.is_empty() {
+            return Ok(None);
         }
-    }
-
-    fn read_promised(&self) -> Result<Ballot, StorageError> {
-        let key = [PROMISED];
-        match self.tree.get(key)? {
-            None => Ok(Ballot::ZERO),
-            Some(bytes) => decode_ballot(&key, &bytes),
+        self.apply(&backlog.writes, backlog.end)?;
+        let applied = backlog.writes.iter().rev().find_map(|write| match write {
+            Write::AppendBlock(block) => Some(block.height),
+            _ => None,
+        });
+        if let Some(height) = applied {
+            // In sled now: readers find them there.
+            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
+            *waiting = waiting.split_off(&(height + 1));
         }
+        Ok(applied)
     }
 
     /// Applies a batch that is already durable in the log at `position` to sled.
@@ -1030,6 +839,275 @@ impl SledStorage {
             }
         }
     }
+}
+
+impl SledStorage {
+    /// Opens a node's data directory, creating it (with its identity and the genesis block) on
+    /// first start. An existing directory must carry the same identity.
+    ///
+    /// Besides the identity inside sled, the directory holds an `IDENTITY` file written once at
+    /// first start. If sled comes up empty in a directory that has one, its data file was lost or
+    /// damaged beyond sled's recovery: starting would forget promises and the chain, so the node
+    /// refuses.
+    pub fn open_node(path: &Path, identity: &Identity) -> Result<SledStorage, StorageError> {
+        let marker = path.join(IDENTITY_FILE);
+        let initialized = marker.exists();
+        let fresh_sled = !path.join("db").exists();
+        if initialized && fresh_sled {
+            return Err(StorageError::Lost {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut storage = SledStorage::open(path, identity)?;
+        if initialized && storage.height.is_none() {
+            return Err(StorageError::Lost {
+                path: path.to_path_buf(),
+            });
+        }
+        if storage.height.is_none() {
+            storage.write(&[Write::AppendBlock(identity.genesis())])?;
+            storage.checkpoint()?;
+            // The directory entries of sled's files must be durable too.
+            File::open(path)
+                .and_then(|directory| directory.sync_all())
+                .map_err(|source| StorageError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+        // Written only once the genesis is durable: a crash before this point leaves a directory
+        // that simply initializes again.
+        if !initialized {
+            write_marker(&marker, identity)?;
+        }
+        Ok(storage)
+    }
+
+    /// Opens (or creates) the store for `identity` without writing the genesis block.
+    pub fn open(path: &Path, identity: &Identity) -> Result<SledStorage, StorageError> {
+        std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let db = sled_config(path).open()?;
+        let tree = db.open_tree("benmo")?;
+        let data_path = path.join("db");
+        let data_file = File::open(&data_path).map_err(|source| StorageError::Io {
+            path: data_path.clone(),
+            source,
+        })?;
+        let applied = match tree.get([WAL_POSITION])? {
+            None => Position::default(),
+            Some(bytes) => Position::from_bytes(&bytes)
+                .ok_or_else(|| corrupted(&[WAL_POSITION], "a log position is 16 bytes"))?,
+        };
+        // Before the log is touched: a store of another node, cluster or format is refused as
+        // it is found.
+        let format = check_identity(&tree, path, identity)?;
+        let wal_folder = path.join(WAL_FOLDER);
+        let log_format = if format == FORMAT {
+            LogFormat::Current
+        } else {
+            LogFormat::Plain
+        };
+        let (wal, replay) = Wal::open(&wal_folder, applied, log_format)?;
+        let checkpoints = start_checkpoints(db.clone(), tree.clone(), data_file, wal_folder)?;
+        let index = Arc::new(DedupIndex::open(tree.clone())?);
+        let merges = start_merges(index.clone())?;
+        let filter = Arc::new(IdFilter::new());
+        let waiting_blocks = Arc::new(Mutex::new(BTreeMap::new()));
+        let applier = Applier {
+            tree: tree.clone(),
+            index: index.clone(),
+            filter: filter.clone(),
+            merges: merges.signal.clone(),
+            waiting_blocks: waiting_blocks.clone(),
+            order: Arc::new(ApplyOrder::default()),
+        };
+        let mut storage = SledStorage {
+            path: path.to_path_buf(),
+            db,
+            tree,
+            checkpointed: wal.position(),
+            wal,
+            checkpoints,
+            backlog: RefCell::new(Backlog::default()),
+            detached: std::cell::Cell::new(0),
+            applier,
+            waiting_blocks,
+            height: None,
+            promised: Ballot::ZERO,
+            filter,
+            index,
+            _merges: merges,
+        };
+        if format == FORMAT_V1 {
+            // Before anything moves: a binary of format 1 must refuse a store whose index is even
+            // partly in runs (it would not read them). This one moves whatever is left on every
+            // opening.
+            storage.mark_format(FORMAT_V2)?;
+        }
+        storage.migrate_index()?;
+        storage.height = storage.read_height()?;
+        storage.promised = storage.read_promised()?;
+        if applied == Position::default()
+            && replay.first().is_some_and(|record| record.end.segment > 1)
+        {
+            // sled holds nothing of the log, yet the log's first segments were deleted because
+            // sled held them: sled's data is gone.
+            return Err(StorageError::Lost {
+                path: path.to_path_buf(),
+            });
+        }
+        let replayed = !replay.is_empty();
+        for record in replay {
+            let writes = decode_record(&record.payload)?;
+            // Stores written by another version may hold some of these already.
+            let writes = storage.not_yet_applied(writes);
+            storage.track(&writes);
+            storage.applier.apply(&writes, record.end)?;
+        }
+        if replayed && log_format == LogFormat::Current {
+            storage.checkpoint()?;
+        }
+        if log_format == LogFormat::Plain {
+            // The earlier format's log is read only by the earlier rules: leave none of it (the
+            // checkpoint also covers what was replayed), then say so durably, and only then
+            // write the current way.
+            storage.wal.start_segment()?;
+            storage.checkpoint()?;
+            storage.mark_format(FORMAT)?;
+            storage.wal.start_current_format();
+        }
+        Ok(storage)
+    }
+
+    /// Records the store's format durably (sled's own flush does not sync, spacejam/sled#1452).
+    fn mark_format(&self, format: &[u8]) -> Result<(), StorageError> {
+        self.tree.insert(key(META, b"format"), format)?;
+        self.db.flush()?;
+        self.sync_sled_data()
+    }
+
+    fn sync_sled_data(&self) -> Result<(), StorageError> {
+        let data_path = self.path.join("db");
+        File::open(&data_path)
+            .and_then(|file| file.sync_data())
+            .map_err(|source| StorageError::Io {
+                path: data_path,
+                source,
+            })
+    }
+
+    /// What fills the dedup index's filter: until it has run, lookups read sled. A node starts it
+    /// once it serves, so that it never slows the node's start.
+    pub fn id_filter_scan(&self) -> IdFilterScan {
+        IdFilterScan {
+            index: self.index.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+
+    /// Since when the log holds lazy writes in memory only (see [`Wal::unwritten_since`]).
+    pub fn unwritten_since(&self) -> Option<std::time::Instant> {
+        self.wal.unwritten_since()
+    }
+
+    /// Writes what the log holds in memory from lazy writes (see [`Wal::write_out`]), unsynced.
+    pub fn write_out(&mut self) -> Result<(), StorageError> {
+        Ok(self.wal.write_out()?)
+    }
+
+    /// Writes `writes` without syncing them (see [`Write::vouches`]): the next synced write, or a
+    /// checkpoint, makes them durable, and a crash before then may lose them. A write that vouches
+    /// for something is refused.
+    pub fn write_lazily(&mut self, writes: &[Write]) -> Result<(), StorageError> {
+        if let Some(write) = writes.iter().find(|write| write.vouches()) {
+            return Err(StorageError::Refused(format!(
+                "{write:?} must be synced, not written lazily"
+            )));
+        }
+        self.write_record(writes, false)
+    }
+
+    fn write_record(&mut self, writes: &[Write], sync: bool) -> Result<(), StorageError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.check(writes)?;
+        let record = encode_record(writes);
+        let position = if sync {
+            self.wal.append(&record)?
+        } else {
+            self.wal.append_unsynced(&record)?
+        };
+        self.track(writes);
+        let blocks: Vec<&Block> = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::AppendBlock(block) => Some(block),
+                _ => None,
+            })
+            .collect();
+        if !blocks.is_empty() {
+            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
+            for block in blocks {
+                waiting.insert(block.height, block.clone());
+            }
+        }
+        {
+            let mut backlog = self.backlog.borrow_mut();
+            backlog.writes.extend_from_slice(writes);
+            backlog.end = position;
+            backlog.since.get_or_insert_with(Instant::now);
+        }
+        if position.segment > self.checkpointed.segment {
+            // A segment is full: sled catches up in the background, then the log shrinks.
+            self.checkpointed = position;
+            let _ = self.checkpoints.send(());
+        }
+        Ok(())
+    }
+
+    /// Drops writes the store already holds (a block at or below its height, a lower promise),
+    /// so that applying a log record twice changes nothing.
+    fn not_yet_applied(&self, writes: Vec<Write>) -> Vec<Write> {
+        let next = self.height.map_or(0, |height| height + 1);
+        writes
+            .into_iter()
+            .filter(|write| match write {
+                Write::AppendBlock(block) => block.height >= next,
+                Write::Promise(ballot) => *ballot >= self.promised,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// Makes everything applied so far durable in sled, and deletes the log segments it covers.
+    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
+        self.apply_backlog()?;
+        let position = self.wal.position();
+        self.db.flush()?;
+        self.sync_sled_data()?;
+        Wal::forget_before(&self.path.join(WAL_FOLDER), position)?;
+        self.checkpointed = position;
+        Ok(())
+    }
+
+    fn read_height(&self) -> Result<Option<Height>, StorageError> {
+        match self.tree.scan_prefix([CHAIN]).keys().next_back() {
+            None => Ok(None),
+            Some(key) => Ok(Some(number(&key?)?)),
+        }
+    }
+
+    fn read_promised(&self) -> Result<Ballot, StorageError> {
+        let key = [PROMISED];
+        match self.tree.get(key)? {
+            None => Ok(Ballot::ZERO),
+            Some(bytes) => decode_ballot(&key, &bytes),
+        }
+    }
 
     /// Follows the promise and the chain's height through `writes`, which are durable.
     fn track(&mut self, writes: &[Write]) {
@@ -1042,31 +1120,37 @@ impl SledStorage {
         }
     }
 
-    /// How long until the backlog must be applied to sled (`None` if nothing waits).
+    /// How long until the backlog must be applied to sled (`None` if nothing waits): at once
+    /// if it holds [`SLED_BACKLOG_WRITES_MAX`] writes.
     pub fn backlog_due_in(&self) -> Option<Duration> {
-        let since = self.backlog.borrow().since?;
+        let backlog = self.backlog.borrow();
+        let since = backlog.since?;
+        if backlog.writes.len() >= SLED_BACKLOG_WRITES_MAX {
+            return Some(Duration::ZERO);
+        }
         Some(SLED_APPLY_DELAY.saturating_sub(since.elapsed()))
+    }
+
+    /// Takes the backlog out of the store, to be applied to sled by [`DetachedBacklog::apply`]
+    /// without holding the store: writes to the log go on meanwhile. Backlogs are applied in the
+    /// order they were taken, whoever applies them; the chain's readers find the blocks among
+    /// the waiting ones until they are in sled.
+    pub fn detach_backlog(&self) -> DetachedBacklog {
+        let turn = self.detached.get();
+        self.detached.set(turn + 1);
+        DetachedBacklog {
+            applier: self.applier.clone(),
+            backlog: std::mem::take(&mut *self.backlog.borrow_mut()),
+            turn,
+        }
     }
 
     /// Applies every write waiting in the backlog to sled as one batch; returns the highest
     /// block it applied, if any. Reads of this store apply the backlog first, so they see every
     /// write; the chain's readers ([`ChainReader`], the archive) see it once applied.
     pub fn apply_backlog(&self) -> Result<Option<Height>, StorageError> {
-        let backlog = std::mem::take(&mut *self.backlog.borrow_mut());
-        if backlog.writes.is_empty() {
-            return Ok(None);
-        }
-        self.apply(&backlog.writes, backlog.end)?;
-        let applied = backlog.writes.iter().rev().find_map(|write| match write {
-            Write::AppendBlock(block) => Some(block.height),
-            _ => None,
-        });
-        if let Some(height) = applied {
-            // In sled now: readers find them there.
-            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
-            *waiting = waiting.split_off(&(height + 1));
-        }
-        Ok(applied)
+        // Also waits for backlogs detached earlier, so that reads of sled that follow see them.
+        self.detach_backlog().apply()
     }
 
     /// Checks a batch against the stored state before anything is written.
@@ -1128,6 +1212,13 @@ impl SledStorage {
         Ok(archive.read(id)?.map(|record| record.height))
     }
 
+    /// Where decided blocks wait for their write, for the chain's readers.
+    pub fn decided_blocks(&self) -> DecidedBlocks {
+        DecidedBlocks {
+            waiting: self.waiting_blocks.clone(),
+        }
+    }
+
     /// A read-only handle on the chain.
     pub fn reader(&self) -> ChainReader {
         ChainReader {
@@ -1173,12 +1264,12 @@ impl SledStorage {
                 }
                 moved += entries.len();
                 let mut batch = sled::Batch::default();
-                let run = self.index_into(&mut batch, entries);
+                let run = self.applier.index_into(&mut batch, entries);
                 for old_key in old_keys {
                     batch.remove(old_key);
                 }
                 self.tree.apply_batch(batch)?;
-                self.register(run);
+                self.applier.register(run);
             }
         }
         if moved > 0 {
@@ -1328,12 +1419,29 @@ fn read_blocks(tree: &sled::Tree, from: Height, limit: usize) -> Result<Vec<Bloc
 }
 
 /// A read-only handle on the chain, for serving peers' catch-up and clients' chain reads while the
-/// writer writes. It sees every block as soon as its write is durable: from sled, and from the
-/// blocks still waiting in the backlog. (Every stored block is decided, so serving one is safe.)
+/// writer writes. It sees every block as soon as the core has it (see [`DecidedBlocks`]) or the
+/// writer wrote it: from sled, and from the blocks not yet applied to sled. (Every such block is
+/// decided, so serving one is safe.)
 #[derive(Clone)]
 pub struct ChainReader {
     tree: sled::Tree,
     waiting: Arc<Mutex<BTreeMap<Height, Block>>>,
+}
+
+/// Where the core loop puts each block as it joins the core's chain, before its write: a read of
+/// the chain then never ends below the height the core reports (balances, status), which a
+/// client reading both, like `benmoctl verify`, relies on.
+#[derive(Clone)]
+pub struct DecidedBlocks {
+    waiting: Arc<Mutex<BTreeMap<Height, Block>>>,
+}
+
+impl DecidedBlocks {
+    /// Shows `block` to the chain's readers until sled holds it.
+    pub fn insert(&self, block: &Block) {
+        let mut waiting = self.waiting.lock().expect("not poisoned");
+        waiting.insert(block.height, block.clone());
+    }
 }
 
 impl ChainReader {
@@ -1676,6 +1784,61 @@ mod tests {
     }
 
     #[test]
+    fn a_decided_block_is_read_before_its_write_and_after_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut store, mut ledger) = fresh(&directory);
+        let block = block_of(&mut ledger, &["a".to_string()]);
+        let reader = store.reader();
+        let heights = || -> Vec<Height> {
+            let blocks = reader.blocks(0, 10).unwrap();
+            blocks.iter().map(|block| block.height).collect()
+        };
+        assert_eq!(heights(), vec![0]);
+        store.decided_blocks().insert(&block);
+        assert_eq!(heights(), vec![0, 1]);
+        store.write(&[Write::AppendBlock(block)]).unwrap();
+        store.apply_backlog().unwrap();
+        assert!(store.waiting_blocks.lock().unwrap().is_empty());
+        assert_eq!(heights(), vec![0, 1]);
+    }
+
+    #[test]
+    fn detached_backlogs_reach_sled_in_the_order_they_were_taken() {
+        let directory = tempfile::tempdir().unwrap();
+        let (mut store, mut ledger) = fresh(&directory);
+        let one = block_of(&mut ledger, &["a".to_string()]);
+        store.write(&[Write::AppendBlock(one)]).unwrap();
+        let first = store.detach_backlog();
+        // The log goes on while the first backlog waits to be applied.
+        let two = block_of(&mut ledger, &["b".to_string()]);
+        store.write(&[Write::AppendBlock(two)]).unwrap();
+        let second = store.detach_backlog();
+        let end = store.wal.position();
+        let (finished, later) = std::sync::mpsc::channel();
+        std::thread::spawn(move || finished.send(second.apply().unwrap()).unwrap());
+        // The later backlog waits for its turn (what must not happen can only be waited for).
+        assert_eq!(
+            later.recv_timeout(std::time::Duration::from_millis(200)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        assert_eq!(first.apply().unwrap(), Some(1));
+        assert_eq!(later.recv().unwrap(), Some(2));
+        // sled holds the later backlog's log position: the earlier one, applied after it, would
+        // let a checkpoint keep records sled already holds, or (the other way round) drop some.
+        let applied = store.tree.get([WAL_POSITION]).unwrap().unwrap();
+        assert_eq!(Position::from_bytes(&applied), Some(end));
+        let heights: Vec<Height> = store
+            .reader()
+            .blocks(1, 10)
+            .unwrap()
+            .iter()
+            .map(|block| block.height)
+            .collect();
+        assert_eq!(heights, vec![1, 2]);
+        assert!(store.waiting_blocks.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_lookup_reads_past_another_id_with_the_same_hash() {
         let directory = tempfile::tempdir().unwrap();
         let (mut store, mut ledger) = fresh(&directory);
@@ -1687,9 +1850,11 @@ mod tests {
         store.apply_backlog().unwrap();
         // As if "b" (block 1) had the same 64-bit hash as "a": an entry for "a" that names it.
         let mut batch = sled::Batch::default();
-        let run = store.index_into(&mut batch, vec![IndexEntry::new("a", 1, 0)]);
+        let run = store
+            .applier
+            .index_into(&mut batch, vec![IndexEntry::new("a", 1, 0)]);
         store.tree.apply_batch(batch).unwrap();
-        store.register(run);
+        store.applier.register(run);
         let id = TransferId::new("a").unwrap();
         assert_eq!(store.first_height(&id).unwrap(), Some(2));
         let record = store.archive().lookup(&id).unwrap();

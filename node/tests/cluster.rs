@@ -41,6 +41,9 @@ async fn a_transfer_commits_and_every_node_agrees_on_the_balances() {
     assert!(run.out.starts_with("committed transfer t-"), "{}", run.out);
     let verify = cluster.ctl(&["verify"]).await;
     assert_eq!(verify.code, 0, "{verify:?}");
+    // A follower learns of the last block with the leader's next message; node 1's chain is read
+    // twice below, so it must hold that block first.
+    cluster.wait_until_converged(height + 1).await;
 
     // Chain ranges are exact, at both ends.
     let heights = |json: serde_json::Value| -> Vec<u64> {
