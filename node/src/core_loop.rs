@@ -4,25 +4,22 @@
 //! The task waits for the next command, tick or finished write, takes every command already queued
 //! as one batch (up to [`COMMANDS_PER_BATCH_MAX`]), and ends the batch with [`Host::flush`]: one
 //! frame of messages per peer, and the next group of writes handed to the writer if it is idle.
-//! The leader's writes never block the task, so its Accepts leave while its vote is written; a
-//! follower on a fast disk writes its votes itself (see [`INLINE_SYNC_MAX`]), and on a slow one
-//! hands them to the writer too, so heartbeats and their replies never wait behind a slow flush.
-//! When a tick and replies are both ready, the replies are taken first, so they count in the
+//! The writer never blocks the task, so heartbeats and their replies never wait behind a flush;
+//! and when a tick and replies are both ready, the replies are taken first, so they count in the
 //! round that the tick ends.
 
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use benmo_paxos::{
-    Block, Event, Hash, Height, Message, NodeId, RoleName, Status, Storage, Transfer, TransferId,
-    Write,
+    Block, Event, Hash, Height, Message, NodeId, Status, Storage, Transfer, TransferId, Write,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
 use crate::host::{Durability, Environment, Host, TransferResult};
-use crate::storage::{DecidedBlocks, SledStorage, StorageError};
+use crate::storage::{DecidedBlocks, DetachedBacklog, SledStorage, StorageError};
 use crate::telemetry::Telemetry;
 use crate::transport::Transport;
 
@@ -127,60 +124,27 @@ pub fn channel() -> (CoreHandle, mpsc::Receiver<Command>) {
 /// crash loses no more than a machine crash would have within this window.
 const LAZY_HOLD_MAX: Duration = Duration::from_millis(10);
 
-/// A node that is not leading writes its synced groups on the core loop's own thread while the
-/// last sync took less than this. Handing a group to the writer thread and hearing back costs two
-/// thread wake-ups, which on a small machine take longer than a fast disk's sync; a follower has
-/// nothing to do meanwhile but wait for that write (its vote leaves only once it is durable). On
-/// a slower disk the writer thread takes every group again, so heartbeats and their replies never
-/// wait behind a sync for long: a sync this short is far below the shortest heartbeat interval.
-pub const INLINE_SYNC_MAX: Duration = Duration::from_millis(1);
+/// Backlogs handed to the sled thread and not yet applied, beyond the one it is applying: when
+/// sled falls this far behind, the writer waits for it (and through it the core loop's writes).
+const SLED_BACKLOGS_QUEUED_MAX: usize = 1;
 
-/// What the writer thread is asked to do.
-enum Job {
-    /// Write a group of writes, synced or lazily.
-    Write(Vec<Write>, Durability),
-    /// The core loop wrote a group itself into an idle store (or filled its backlog): the store
-    /// now holds writes to apply to sled, and the thread's wait must end by the time they are due.
-    Rearm,
+/// Where the core loop hands the writer thread each group of writes.
+pub type WriteSender = std_mpsc::Sender<(Vec<Write>, Durability)>;
+
+/// How the writer thread makes writes durable.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterOptions {
+    /// Sleep this long after every fsync: a slow disk, for tests only.
+    pub fsync_delay: Duration,
 }
 
-/// The store, shared by the writer thread and the core loop (for the groups it writes itself).
-/// The core loop never waits for the lock: if the thread holds it, the group goes to the thread.
-struct SharedStore {
-    storage: std::sync::Mutex<SledStorage>,
-    /// How long the last synced write took, in µs (the test's slow-disk delay included);
-    /// `u64::MAX` before the first, so the first goes to the writer thread and is timed there.
-    last_sync_micros: std::sync::atomic::AtomicU64,
-    options: WriterOptions,
-}
-
-impl SharedStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SledStorage> {
-        // A panic while holding the lock ends the process (see `fail`), so it is never poisoned
-        // in a way anyone could observe; take the store either way.
-        self.storage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn last_sync(&self) -> Duration {
-        Duration::from_micros(
-            self.last_sync_micros
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-    }
-
-    /// A synced write that began at `started` is done: play the slow disk (tests only), then
-    /// record how long it took.
-    fn synced(&self, started: Instant, telemetry: &Telemetry) {
-        telemetry.flushed(started.elapsed());
-        if !self.options.fsync_delay.is_zero() {
-            std::thread::sleep(self.options.fsync_delay);
-        }
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.last_sync_micros
-            .store(micros, std::sync::atomic::Ordering::Relaxed);
-    }
+/// What the writer thread reports.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The write it was given is done: synced, or written lazily if that is what it asked for.
+    Done,
+    /// Every block up to this height is in sled, where the archive finds it.
+    Archived(Height),
 }
 
 /// A write that fails ends the process: a node that cannot write cannot keep its promises, and
@@ -190,158 +154,68 @@ fn fail(error: StorageError) -> ! {
     std::process::exit(74);
 }
 
-/// How the writer thread makes writes durable.
-#[derive(Clone, Copy, Debug)]
-pub struct WriterOptions {
-    /// Sleep this long after every fsync: a slow disk, for tests only.
-    pub fsync_delay: Duration,
-    /// A node that is not leading writes synced groups itself while the last sync took less
-    /// than this (see [`INLINE_SYNC_MAX`], the default).
-    pub inline_sync_max: Duration,
-}
-
-impl Default for WriterOptions {
-    fn default() -> WriterOptions {
-        WriterOptions {
-            fsync_delay: Duration::ZERO,
-            inline_sync_max: INLINE_SYNC_MAX,
-        }
-    }
-}
-
-/// What the writer reports.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Written {
-    /// The write it was given is done: synced, or written lazily if that is what it asked for.
-    Done,
-    /// Every block up to this height is in sled, where the archive finds it.
-    Archived(Height),
-}
-
-/// Which thread wrote a group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WrittenBy {
-    /// The core loop's own thread, before [`Writer::write`] returned.
-    CoreLoop,
-    /// The writer thread.
-    WriterThread,
-}
-
-/// Writes groups of writes: hands them to the writer thread, or, for a node that is not leading
-/// on a fast disk, writes synced groups itself (see [`INLINE_SYNC_MAX`]). Either way,
-/// [`Written::Done`] follows on the channel [`start_writer`] returned.
-pub struct Writer {
-    jobs: std_mpsc::Sender<Job>,
-    store: std::sync::Arc<SharedStore>,
-    done: mpsc::UnboundedSender<Written>,
-    telemetry: std::sync::Arc<Telemetry>,
-}
-
-impl Writer {
-    /// Starts writing `writes`. `leading`: this node leads, so what it sends in the same step
-    /// (its Accepts, its answers to clients) must not wait for the write; the writer thread
-    /// takes the group.
-    pub fn write(&self, writes: Vec<Write>, durability: Durability, leading: bool) -> WrittenBy {
-        if !leading
-            && durability == Durability::Synced
-            && self.store.last_sync() < self.store.options.inline_sync_max
-        {
-            if let Ok(mut storage) = self.store.storage.try_lock() {
-                let was_idle = storage.backlog_due_in().is_none();
-                let started = Instant::now();
-                if let Err(error) = storage.write(&writes) {
-                    fail(error);
-                }
-                let due_now = storage.backlog_due_in() == Some(Duration::ZERO);
-                drop(storage);
-                self.store.synced(started, &self.telemetry);
-                if was_idle || due_now {
-                    // The thread may be asleep with no deadline, or a later one: it applies the
-                    // backlog to sled.
-                    let _ = self.jobs.send(Job::Rearm);
-                }
-                let _ = self.done.send(Written::Done);
-                return WrittenBy::CoreLoop;
-            }
-        }
-        if self.jobs.send(Job::Write(writes, durability)).is_err() {
-            error!("the writer thread is gone; stopping");
-            std::process::exit(74);
-        }
-        WrittenBy::WriterThread
-    }
-}
-
-/// Starts the thread that owns `storage` (the core loop borrows it for the groups it writes
-/// itself): it writes each group it is given (synced, or lazily, as the group's [`Durability`]
-/// says), applies the log to sled in bulk (see `SLED_APPLY_DELAY`), and reports both through the
-/// returned channel.
+/// Starts the thread that owns `storage`: it writes each batch it is given (synced, or lazily, as
+/// the batch's [`Durability`] says) and reports it done through the returned channel. Every
+/// `SLED_APPLY_DELAY` it takes the log's records out of the store and hands them to a second
+/// thread, which applies them to sled and reports the blocks archived on the same channel: sled's
+/// own writes never hold up the log's.
 pub fn start_writer(
     storage: SledStorage,
     options: WriterOptions,
     telemetry: std::sync::Arc<Telemetry>,
-) -> std::io::Result<(Writer, mpsc::UnboundedReceiver<Written>)> {
-    let (jobs, queue) = std_mpsc::channel();
+) -> std::io::Result<(WriteSender, mpsc::UnboundedReceiver<Written>)> {
+    let (writes, batches) = std_mpsc::channel::<(Vec<Write>, Durability)>();
     let (done, written) = mpsc::unbounded_channel();
-    let store = std::sync::Arc::new(SharedStore {
-        storage: std::sync::Mutex::new(storage),
-        last_sync_micros: std::sync::atomic::AtomicU64::new(u64::MAX),
-        options,
-    });
-    let thread_store = store.clone();
-    let thread_done = done.clone();
-    let thread_telemetry = telemetry.clone();
+    let (backlogs, to_apply) = std_mpsc::sync_channel(SLED_BACKLOGS_QUEUED_MAX);
+    let archived = done.clone();
+    std::thread::Builder::new()
+        .name("benmo-sled".to_string())
+        .spawn(move || run_sled_applier(to_apply, archived))?;
     std::thread::Builder::new()
         .name("benmo-writer".to_string())
-        .spawn(move || run_writer(&thread_store, queue, thread_done, &thread_telemetry))?;
-    let writer = Writer {
-        jobs,
-        store,
-        done,
-        telemetry,
-    };
-    Ok((writer, written))
+        .spawn(move || run_writer(storage, batches, done, backlogs, options, &telemetry))?;
+    Ok((writes, written))
 }
 
 /// The writer thread's loop; returns once either channel is closed.
 fn run_writer(
-    store: &SharedStore,
-    queue: std_mpsc::Receiver<Job>,
+    mut storage: SledStorage,
+    batches: std_mpsc::Receiver<(Vec<Write>, Durability)>,
     done: mpsc::UnboundedSender<Written>,
+    backlogs: std_mpsc::SyncSender<DetachedBacklog>,
+    options: WriterOptions,
     telemetry: &Telemetry,
 ) {
     loop {
-        let wait = {
-            let storage = store.lock();
-            let mut wait = storage
-                .backlog_due_in()
-                .unwrap_or(Duration::from_secs(3600));
-            if let Some(since) = storage.unwritten_since() {
-                wait = wait.min(LAZY_HOLD_MAX.saturating_sub(since.elapsed()));
-            }
-            wait
-        };
-        match queue.recv_timeout(wait) {
-            Ok(Job::Write(batch, durability)) => {
+        let mut wait = storage
+            .backlog_due_in()
+            .unwrap_or(Duration::from_secs(3600));
+        if let Some(since) = storage.unwritten_since() {
+            wait = wait.min(LAZY_HOLD_MAX.saturating_sub(since.elapsed()));
+        }
+        match batches.recv_timeout(wait) {
+            Ok((batch, durability)) => {
                 let started = Instant::now();
                 let written = match durability {
-                    Durability::Synced => store.lock().write(&batch),
-                    Durability::Lazy => store.lock().write_lazily(&batch),
+                    Durability::Synced => storage.write(&batch),
+                    Durability::Lazy => storage.write_lazily(&batch),
                 };
                 if let Err(error) = written {
                     fail(error);
                 }
                 if durability == Durability::Synced {
-                    store.synced(started, telemetry);
+                    telemetry.flushed(started.elapsed());
+                    if !options.fsync_delay.is_zero() {
+                        std::thread::sleep(options.fsync_delay);
+                    }
                 }
                 if done.send(Written::Done).is_err() {
                     return;
                 }
             }
-            Ok(Job::Rearm) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        let mut storage = store.lock();
         if storage
             .unwritten_since()
             .is_some_and(|since| since.elapsed() >= LAZY_HOLD_MAX)
@@ -350,19 +224,29 @@ fn run_writer(
                 fail(error);
             }
         }
-        if storage.backlog_due_in() == Some(Duration::ZERO) {
-            // Applied without holding the store: the core loop's own writes go on meanwhile.
-            let backlog = storage.detach_backlog();
-            drop(storage);
-            match backlog.apply() {
-                Ok(Some(height)) => {
-                    if done.send(Written::Archived(height)).is_err() {
-                        return;
-                    }
+        if storage.backlog_due_in() == Some(Duration::ZERO)
+            && backlogs.send(storage.detach_backlog()).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The sled thread's loop: applies each backlog it is handed, in order, and reports the blocks
+/// now in sled; returns once either channel is closed.
+fn run_sled_applier(
+    backlogs: std_mpsc::Receiver<DetachedBacklog>,
+    archived: mpsc::UnboundedSender<Written>,
+) {
+    while let Ok(backlog) = backlogs.recv() {
+        match backlog.apply() {
+            Ok(Some(height)) => {
+                if archived.send(Written::Archived(height)).is_err() {
+                    return;
                 }
-                Ok(None) => {}
-                Err(error) => fail(error),
             }
+            Ok(None) => {}
+            Err(error) => fail(error),
         }
     }
 }
@@ -370,9 +254,7 @@ fn run_writer(
 /// The node's side of the host's [`Environment`].
 pub struct NodeEnvironment {
     transport: Transport,
-    writer: Writer,
-    /// Whether the core leads now (see [`Writer::write`]); set before each step that may write.
-    leading: bool,
+    writer: WriteSender,
     /// Where each block the core appends is shown to the chain's readers before its write.
     decided: DecidedBlocks,
     telemetry: std::sync::Arc<Telemetry>,
@@ -385,14 +267,13 @@ impl NodeEnvironment {
     /// reports to `telemetry`.
     pub fn new(
         transport: Transport,
-        writer: Writer,
+        writer: WriteSender,
         decided: DecidedBlocks,
         telemetry: std::sync::Arc<Telemetry>,
     ) -> NodeEnvironment {
         NodeEnvironment {
             transport,
             writer,
-            leading: false,
             decided,
             telemetry,
             decided_unlogged: None,
@@ -422,7 +303,10 @@ impl Environment for NodeEnvironment {
     }
 
     fn write(&mut self, writes: Vec<Write>, durability: Durability) {
-        self.writer.write(writes, durability, self.leading);
+        if self.writer.send((writes, durability)).is_err() {
+            error!("the writer thread is gone; stopping");
+            std::process::exit(74);
+        }
     }
 
     fn answer(&mut self, waiter: Waiter, result: TransferResult) {
@@ -490,13 +374,8 @@ pub async fn run(
             }
         }
         context.drain(&mut host, &mut commands);
-        context.environment.leading = leads(&host);
         host.flush(context.environment);
     }
-}
-
-fn leads(host: &Host<Waiter>) -> bool {
-    host.replica().role() == RoleName::Leader
 }
 
 struct Context<'a> {
@@ -507,10 +386,7 @@ struct Context<'a> {
 impl Context<'_> {
     fn written(&mut self, host: &mut Host<Waiter>, event: Written) {
         match event {
-            Written::Done => {
-                self.environment.leading = leads(host);
-                host.write_done(self.environment)
-            }
+            Written::Done => host.write_done(self.environment),
             Written::Archived(height) => host.archived(height),
         }
     }
@@ -616,15 +492,6 @@ mod tests {
     /// and on any machine they come far sooner.
     const PATIENCE: Duration = Duration::from_secs(20);
 
-    fn start(
-        directory: &tempfile::TempDir,
-        options: WriterOptions,
-    ) -> (Writer, mpsc::UnboundedReceiver<Written>) {
-        let storage = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
-        let telemetry = Telemetry::new(IDENTITY.node, IDENTITY.nodes);
-        start_writer(storage, options, telemetry).unwrap()
-    }
-
     async fn next(written: &mut mpsc::UnboundedReceiver<Written>) -> Written {
         tokio::time::timeout(PATIENCE, written.recv())
             .await
@@ -632,90 +499,49 @@ mod tests {
             .expect("the writer thread is alive")
     }
 
-    fn blocks(count: usize) -> Vec<Block> {
+    #[tokio::test]
+    async fn the_log_is_written_at_once_and_reaches_sled_in_order_behind_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let storage = SledStorage::open_node(&directory.path().join("data"), &IDENTITY).unwrap();
+        let reader = storage.reader();
+        let telemetry = Telemetry::new(IDENTITY.node, IDENTITY.nodes);
+        let (writer, mut written) =
+            start_writer(storage, WriterOptions::default(), telemetry).unwrap();
         let mut ledger = Ledger::genesis(IDENTITY.nodes, IDENTITY.genesis_balance);
-        (0..count).map(|_| ledger.apply(1, &[])).collect()
-    }
-
-    /// Options under which every sync counts as fast, whatever this machine's disk.
-    fn fast_disk() -> WriterOptions {
-        WriterOptions {
-            inline_sync_max: Duration::from_secs(3_600),
-            ..WriterOptions::default()
+        let mut archived = 0;
+        for round in 1..=3u64 {
+            let block = ledger.apply(1, &[]);
+            let writes = vec![
+                Write::Promise(Ballot::new(round, 1)),
+                Write::AppendBlock(block),
+            ];
+            writer.send((writes, Durability::Synced)).unwrap();
+            // Done as soon as the log holds it; sled follows later, in order.
+            loop {
+                match next(&mut written).await {
+                    Written::Done => break,
+                    Written::Archived(height) => {
+                        assert!(height > archived, "{height} after {archived}");
+                        archived = height;
+                    }
+                }
+            }
+            let heights: Vec<Height> = reader
+                .blocks(0, 10)
+                .unwrap()
+                .iter()
+                .map(|block| block.height)
+                .collect();
+            assert_eq!(heights, (0..=round).collect::<Vec<_>>());
         }
-    }
-
-    #[tokio::test]
-    async fn a_follower_on_a_fast_disk_writes_its_votes_itself_and_sled_still_catches_up() {
-        let directory = tempfile::tempdir().unwrap();
-        let (writer, mut written) = start(&directory, fast_disk());
-        let mut blocks = blocks(2).into_iter().map(Write::AppendBlock);
-        let first = vec![blocks.next().unwrap()];
-        // No sync is timed yet: the thread takes the first.
-        assert_eq!(
-            writer.write(first, Durability::Synced, false),
-            WrittenBy::WriterThread
-        );
-        assert_eq!(next(&mut written).await, Written::Done);
-        assert_eq!(next(&mut written).await, Written::Archived(1));
-        // The store is idle now, and the thread asleep with nothing due.
-        let second = vec![blocks.next().unwrap()];
-        assert_eq!(
-            writer.write(second, Durability::Synced, false),
-            WrittenBy::CoreLoop
-        );
-        assert_eq!(next(&mut written).await, Written::Done);
-        // Told of the core loop's write, the thread applies it to sled.
-        assert_eq!(next(&mut written).await, Written::Archived(2));
-    }
-
-    #[tokio::test]
-    async fn a_leader_and_a_lazy_group_leave_the_write_to_the_thread() {
-        let directory = tempfile::tempdir().unwrap();
-        let (writer, mut written) = start(&directory, fast_disk());
-        let mut blocks = blocks(2).into_iter().map(Write::AppendBlock);
-        let promise = |round| vec![Write::Promise(Ballot::new(round, 1))];
-        assert_eq!(
-            writer.write(promise(1), Durability::Synced, false),
-            WrittenBy::WriterThread
-        );
-        assert_eq!(next(&mut written).await, Written::Done);
-        // The leader's Accepts leave while its vote is written: never on its core loop's thread.
-        assert_eq!(
-            writer.write(promise(2), Durability::Synced, true),
-            WrittenBy::WriterThread
-        );
-        assert_eq!(next(&mut written).await, Written::Done);
-        let lazy = vec![blocks.next().unwrap()];
-        assert_eq!(
-            writer.write(lazy, Durability::Lazy, false),
-            WrittenBy::WriterThread
-        );
-        assert_eq!(next(&mut written).await, Written::Done);
-        // The same disk, a follower's synced group: the core loop writes it.
-        assert_eq!(
-            writer.write(promise(3), Durability::Synced, false),
-            WrittenBy::CoreLoop
-        );
-        assert_eq!(next(&mut written).await, Written::Done);
-    }
-
-    #[tokio::test]
-    async fn after_a_slow_sync_the_thread_takes_the_writes_again() {
-        let directory = tempfile::tempdir().unwrap();
-        let options = WriterOptions {
-            fsync_delay: Duration::from_millis(5),
-            inline_sync_max: Duration::from_millis(5),
-        };
-        let (writer, mut written) = start(&directory, options);
-        for round in 1..=3 {
-            let promise = vec![Write::Promise(Ballot::new(round, 1))];
-            assert_eq!(
-                writer.write(promise, Durability::Synced, false),
-                WrittenBy::WriterThread,
-                "round {round}"
-            );
-            assert_eq!(next(&mut written).await, Written::Done);
+        while archived < 3 {
+            match next(&mut written).await {
+                Written::Archived(height) => {
+                    assert!(height > archived, "{height} after {archived}");
+                    archived = height;
+                }
+                Written::Done => panic!("no write was asked for"),
+            }
         }
     }
 }

@@ -855,7 +855,6 @@ pub async fn serve(settings: Settings) -> Result<()> {
     tokio::spawn(telemetry.clone().publish_message_counts());
     let writer = WriterOptions {
         fsync_delay: settings.fsync_delay,
-        ..WriterOptions::default()
     };
     let id_filter_scan = storage.id_filter_scan();
     let decided = storage.decided_blocks();

@@ -173,8 +173,8 @@ pub struct SledStorage {
     detached: std::cell::Cell<u64>,
     /// What applies backlogs to sled, in the order they were taken.
     applier: Applier,
-    /// The backlog's blocks, for the chain's readers.
-    waiting_blocks: Arc<Mutex<BTreeMap<Height, Block>>>,
+    /// Blocks not yet in sled, decided or written, for the chain's readers.
+    waiting_blocks: WaitingBlocks,
     /// The stored chain's height (None before the genesis), the backlog included.
     height: Option<Height>,
     /// The stored promise, the backlog included.
@@ -188,6 +188,10 @@ pub struct SledStorage {
     _merges: Merges,
 }
 
+/// Blocks the chain's readers find outside sled: decided (see [`DecidedBlocks`]) or written, and
+/// not yet applied to sled. A block leaves only once sled holds it.
+type WaitingBlocks = Arc<Mutex<BTreeMap<Height, Arc<Block>>>>;
+
 /// Writes waiting to be applied to sled, in order, with the log position they end at.
 #[derive(Default)]
 struct Backlog {
@@ -197,9 +201,9 @@ struct Backlog {
 }
 
 /// sled pays a write and a `sync_file_range` of its own for every batch applied to it, and the
-/// dedup index a run, so the log's records are applied in bulk: at most this long after the first
-/// one waiting... (Applying is off the commit path: the writer thread applies a detached backlog
-/// without holding the store, see [`SledStorage::detach_backlog`].)
+/// dedup index a run, so the log's records are applied in bulk: taken out for sled this long
+/// after the first one waiting... (The node applies them on a thread of its own, off the commit
+/// path: see [`SledStorage::detach_backlog`].)
 pub const SLED_APPLY_DELAY: Duration = Duration::from_millis(200);
 /// ... or once this many writes wait.
 const SLED_BACKLOG_WRITES_MAX: usize = 8_192;
@@ -674,7 +678,7 @@ struct Applier {
     index: Arc<DedupIndex>,
     filter: Arc<IdFilter>,
     merges: Arc<MergeSignal>,
-    waiting_blocks: Arc<Mutex<BTreeMap<Height, Block>>>,
+    waiting_blocks: WaitingBlocks,
     order: Arc<ApplyOrder>,
 }
 
@@ -685,7 +689,9 @@ struct ApplyOrder {
     turn: std::sync::Condvar,
 }
 
-/// A backlog taken out of the store (see [`SledStorage::detach_backlog`]).
+/// A backlog taken out of the store (see [`SledStorage::detach_backlog`]). Every later one waits
+/// for it to be applied: dropped unapplied, it holds them back (sled must never record a log
+/// position past records it does not hold).
 pub struct DetachedBacklog {
     applier: Applier,
     backlog: Backlog,
@@ -1052,7 +1058,7 @@ impl SledStorage {
         if !blocks.is_empty() {
             let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
             for block in blocks {
-                waiting.insert(block.height, block.clone());
+                waiting.insert(block.height, Arc::new(block.clone()));
             }
         }
         {
@@ -1425,7 +1431,7 @@ fn read_blocks(tree: &sled::Tree, from: Height, limit: usize) -> Result<Vec<Bloc
 #[derive(Clone)]
 pub struct ChainReader {
     tree: sled::Tree,
-    waiting: Arc<Mutex<BTreeMap<Height, Block>>>,
+    waiting: WaitingBlocks,
 }
 
 /// Where the core loop puts each block as it joins the core's chain, before its write: a read of
@@ -1433,31 +1439,43 @@ pub struct ChainReader {
 /// client reading both, like `benmoctl verify`, relies on.
 #[derive(Clone)]
 pub struct DecidedBlocks {
-    waiting: Arc<Mutex<BTreeMap<Height, Block>>>,
+    waiting: WaitingBlocks,
 }
 
 impl DecidedBlocks {
     /// Shows `block` to the chain's readers until sled holds it.
     pub fn insert(&self, block: &Block) {
+        let block = Arc::new(block.clone());
         let mut waiting = self.waiting.lock().expect("not poisoned");
-        waiting.insert(block.height, block.clone());
+        waiting.insert(block.height, block);
     }
 }
 
 impl ChainReader {
     /// Up to `limit` consecutive blocks from `from`.
     pub fn blocks(&self, from: Height, limit: usize) -> Result<Vec<Block>, StorageError> {
-        // Locked first: blocks leave `waiting` only once in sled, so sled then `waiting` together
-        // hold every durable block.
-        let waiting = self.waiting.lock().expect("not poisoned");
+        // The waiting blocks first, then sled: a block leaves `waiting` only once sled holds it,
+        // so whatever was in neither then is newer than both. The lock is held only to copy
+        // handles: the core loop takes it for every block it decides.
+        let waiting: Vec<Arc<Block>> = {
+            let waiting = self.waiting.lock().expect("not poisoned");
+            waiting
+                .range(from..from.saturating_add(limit as Height))
+                .map(|(_, block)| block.clone())
+                .collect()
+        };
         let mut blocks = read_blocks(&self.tree, from, limit)?;
         let mut next = from + blocks.len() as Height;
-        while blocks.len() < limit {
-            let Some(block) = waiting.get(&next) else {
+        for block in waiting {
+            if blocks.len() >= limit {
                 break;
-            };
-            blocks.push(block.clone());
-            next += 1;
+            }
+            if block.height == next {
+                blocks.push(Block::clone(&block));
+                next += 1;
+            } else if block.height > next {
+                break;
+            }
         }
         Ok(blocks)
     }
