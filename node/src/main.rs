@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
+    without_transparent_huge_pages();
     let options = Options::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -35,4 +36,17 @@ fn main() -> Result<()> {
             .build()?
     };
     runtime.block_on(benmo_node::service::serve(settings))
+}
+
+/// mimalloc asks for transparent huge pages, and the kernel zeroes each one whole on its first
+/// touch: a profile at 64 clients had `clear_page_erms` at 7% of all CPU, for buffers that use a
+/// fraction of a 2 MiB page before mimalloc returns it. With 4 KiB pages only what is touched is
+/// zeroed (interleaved runs at 64 clients: ~4% more transfers/s, p99 9.4 -> 8.1 ms).
+fn without_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's
+        // page-fault policy. It fails only on kernels without it, where there is nothing to do.
+        let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
 }
