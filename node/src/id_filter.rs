@@ -16,9 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The filter holds 2^27 bits (16 MiB).
 const BITS_LOG2: u32 = 27;
-/// Bits set per id. With 2^27 bits and 4 probes, a lookup of an absent id still reads sled for
-/// about 1 in a million ids at 1M indexed ids and 1 in 230 at 10M; at 100M most absent ids do, as
-/// they did before the filter.
+/// An id's bits all fall in one block of 2^9 bits, one cache line: a probe costs one cache miss
+/// (and one page walk), not one per bit. With four scattered bits the probe was ~1.5% of the
+/// cluster's CPU samples at 64 clients.
+const BLOCK_BITS_LOG2: u32 = 9;
+/// Bits set per id. With 2^27 bits in blocks of 512 and 4 probes, a lookup of an absent id still
+/// reads sled for about 1 in 460,000 ids at 1M indexed ids and 1 in 200 at 10M; at 100M most
+/// absent ids do, as they did before the filter.
 const PROBES: u64 = 4;
 
 /// See the module documentation.
@@ -83,10 +87,15 @@ impl IdFilter {
     }
 }
 
-/// The bits an id sets: double hashing of its index hash (a SHA-256 prefix, so already uniform).
+/// The bits an id sets: its index hash (a SHA-256 prefix, so already uniform) picks the block by
+/// its top bits, and a second hash of it the bits within the block.
 fn probes(hash: u64) -> impl Iterator<Item = u64> {
-    let step = mix(hash) | 1;
-    (0..PROBES).map(move |index| hash.wrapping_add(index.wrapping_mul(step)) >> (64 - BITS_LOG2))
+    let block = hash >> (64 - (BITS_LOG2 - BLOCK_BITS_LOG2));
+    let within = mix(hash);
+    let mask = (1 << BLOCK_BITS_LOG2) - 1;
+    (0..PROBES).map(move |index| {
+        (block << BLOCK_BITS_LOG2) | ((within >> (index * u64::from(BLOCK_BITS_LOG2))) & mask)
+    })
 }
 
 /// SplitMix64's finalizer: a second hash independent enough of the first.
@@ -124,7 +133,26 @@ mod tests {
         let false_positives = hashes(3, 200_000)
             .filter(|hash| filter.may_contain(*hash))
             .count();
-        // About one in 10^9 is expected at this load (200k ids in 2^27 bits).
+        // About one in 36 million is expected at this load (200k ids in 2^27 bits).
         assert!(false_positives <= 2, "{false_positives} false positives");
+    }
+
+    #[test]
+    fn an_ids_bits_share_one_cache_line() {
+        for hash in hashes(4, 10_000) {
+            let bits: Vec<u64> = probes(hash).collect();
+            assert_eq!(bits.len(), PROBES as usize);
+            let line = bits[0] >> BLOCK_BITS_LOG2;
+            assert!(
+                bits.iter().all(|bit| bit >> BLOCK_BITS_LOG2 == line),
+                "{bits:?}"
+            );
+            assert!(bits.iter().all(|bit| *bit < 1 << BITS_LOG2));
+        }
+        // The lines themselves spread over the whole filter.
+        let lines: std::collections::HashSet<u64> = hashes(5, 10_000)
+            .map(|hash| probes(hash).next().unwrap() >> BLOCK_BITS_LOG2)
+            .collect();
+        assert!(lines.len() > 9_500, "{} lines", lines.len());
     }
 }
