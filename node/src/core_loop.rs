@@ -170,11 +170,23 @@ pub fn start_writer(
     let archived = done.clone();
     std::thread::Builder::new()
         .name("benmo-sled".to_string())
-        .spawn(move || run_sled_applier(to_apply, archived))?;
+        .spawn(move || or_exit(|| run_sled_applier(to_apply, archived)))?;
     std::thread::Builder::new()
         .name("benmo-writer".to_string())
-        .spawn(move || run_writer(storage, batches, done, backlogs, options, &telemetry))?;
+        .spawn(move || {
+            or_exit(|| run_writer(storage, batches, done, backlogs, options, &telemetry))
+        })?;
     Ok((writes, written))
+}
+
+/// Runs `body`; a panic in it ends the process. A panic on the writer's or the sled thread is a
+/// broken invariant, and without them the core would wait for its writes for ever: the node stops
+/// loudly instead, as it does when the core panics.
+fn or_exit(body: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+        error!("a storage thread stopped on a broken invariant; exiting");
+        std::process::exit(70);
+    }
 }
 
 /// The writer thread's loop; returns once either channel is closed.
