@@ -250,6 +250,7 @@ fn run_sled_applier(
     backlogs: std_mpsc::Receiver<DetachedBacklog>,
     archived: mpsc::UnboundedSender<Written>,
 ) {
+    crate::storage::in_background();
     while let Ok(backlog) = backlogs.recv() {
         match backlog.apply() {
             Ok(Some(height)) => {

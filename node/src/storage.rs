@@ -572,6 +572,21 @@ fn start_checkpoints(
     Ok(sender)
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10), for work nothing waits on: applying
+/// the log to sled, merging the index. On a machine whose cores the nodes share, their bursts
+/// then give way to the threads a commit waits on (the core loop, the log's writer).
+pub fn in_background() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take and return plain integers; on failure the thread
+        // keeps its priority, which is only slower.
+        unsafe {
+            let thread = libc::gettid();
+            let _ = libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 10);
+        }
+    }
+}
+
 /// How many threads merge the dedup index's runs: two, so that a long merge of big runs does not
 /// hold back the small ones (see [`crate::dedup_index`]).
 const MERGE_THREADS: usize = 2;
@@ -617,6 +632,7 @@ fn start_merges(index: Arc<DedupIndex>) -> Result<Merges, StorageError> {
         std::thread::Builder::new()
             .name(format!("benmo-index-{thread}"))
             .spawn(move || {
+                in_background();
                 let mut seen = 0;
                 loop {
                     {
@@ -1799,6 +1815,30 @@ mod tests {
         drop(store);
         let store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
         assert_eq!(store.acceptor_state().unwrap().promised, Ballot::new(2, 1));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_threads_give_way_and_only_they_do() {
+        fn nice() -> i64 {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            // The fields after the command name, which ends with the last ')': nice is the 19th
+            // field of the line, the 17th after it.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            after.split(' ').nth(16).unwrap().parse().unwrap()
+        }
+        let before = nice();
+        let lowered = std::thread::spawn(|| {
+            in_background();
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert!(
+            lowered >= before.max(10),
+            "nice {lowered}, the test's {before}"
+        );
+        assert_eq!(nice(), before, "the calling thread only");
     }
 
     #[test]
