@@ -512,6 +512,18 @@ mod tests {
             .expect("the writer thread is alive")
     }
 
+    /// Takes an Archived report, checking that sled only ever moves up; says whether it was one.
+    fn archive(report: Written, archived: &mut Height) -> bool {
+        match report {
+            Written::Archived(height) => {
+                assert!(height > *archived, "{height} after {archived}");
+                *archived = height;
+                true
+            }
+            Written::Done => false,
+        }
+    }
+
     #[tokio::test]
     async fn the_log_is_written_at_once_and_reaches_sled_in_order_behind_it() {
         let directory = tempfile::tempdir().unwrap();
@@ -530,15 +542,7 @@ mod tests {
             ];
             writer.send((writes, Durability::Synced)).unwrap();
             // Done as soon as the log holds it; sled follows later, in order.
-            loop {
-                match next(&mut written).await {
-                    Written::Done => break,
-                    Written::Archived(height) => {
-                        assert!(height > archived, "{height} after {archived}");
-                        archived = height;
-                    }
-                }
-            }
+            while archive(next(&mut written).await, &mut archived) {}
             let heights: Vec<Height> = reader
                 .blocks(0, 10)
                 .unwrap()
@@ -548,13 +552,8 @@ mod tests {
             assert_eq!(heights, (0..=round).collect::<Vec<_>>());
         }
         while archived < 3 {
-            match next(&mut written).await {
-                Written::Archived(height) => {
-                    assert!(height > archived, "{height} after {archived}");
-                    archived = height;
-                }
-                Written::Done => panic!("no write was asked for"),
-            }
+            let report = next(&mut written).await;
+            assert!(archive(report, &mut archived), "no write was asked for");
         }
     }
 }

@@ -171,18 +171,13 @@ pub struct SledStorage {
     /// Backlogs taken out so far (see [`SledStorage::detach_backlog`]): each one's turn to be
     /// applied.
     detached: std::cell::Cell<u64>,
-    /// What applies backlogs to sled, in the order they were taken.
+    /// What applies backlogs to sled, in the order they were taken; it holds the handles the
+    /// store shares with it (the dedup index, its filter, the blocks not yet in sled).
     applier: Applier,
-    /// Blocks not yet in sled, decided or written, for the chain's readers.
-    waiting_blocks: WaitingBlocks,
     /// The stored chain's height (None before the genesis), the backlog included.
     height: Option<Height>,
     /// The stored promise, the backlog included.
     promised: Ballot,
-    /// Every id in the dedup index, once [`IdFilterScan`] has run (see [`crate::id_filter`]).
-    filter: Arc<IdFilter>,
-    /// The dedup index.
-    index: Arc<DedupIndex>,
     /// Stops the threads that merge the index's runs when the store is dropped (the applier
     /// wakes them).
     _merges: Merges,
@@ -691,9 +686,12 @@ fn be_u64(key: &[u8], bytes: &[u8]) -> Result<u64, StorageError> {
 #[derive(Clone)]
 struct Applier {
     tree: sled::Tree,
+    /// The dedup index.
     index: Arc<DedupIndex>,
+    /// Every id in the dedup index, once [`IdFilterScan`] has run (see [`crate::id_filter`]).
     filter: Arc<IdFilter>,
     merges: Arc<MergeSignal>,
+    /// Blocks not yet in sled, decided or written, for the chain's readers.
     waiting_blocks: WaitingBlocks,
     order: Arc<ApplyOrder>,
 }
@@ -936,14 +934,12 @@ impl SledStorage {
         let checkpoints = start_checkpoints(db.clone(), tree.clone(), data_file, wal_folder)?;
         let index = Arc::new(DedupIndex::open(tree.clone())?);
         let merges = start_merges(index.clone())?;
-        let filter = Arc::new(IdFilter::new());
-        let waiting_blocks = Arc::new(Mutex::new(BTreeMap::new()));
         let applier = Applier {
             tree: tree.clone(),
-            index: index.clone(),
-            filter: filter.clone(),
+            index,
+            filter: Arc::new(IdFilter::new()),
             merges: merges.signal.clone(),
-            waiting_blocks: waiting_blocks.clone(),
+            waiting_blocks: Arc::new(Mutex::new(BTreeMap::new())),
             order: Arc::new(ApplyOrder::default()),
         };
         let mut storage = SledStorage {
@@ -956,11 +952,8 @@ impl SledStorage {
             backlog: RefCell::new(Backlog::default()),
             detached: std::cell::Cell::new(0),
             applier,
-            waiting_blocks,
             height: None,
             promised: Ballot::ZERO,
-            filter,
-            index,
             _merges: merges,
         };
         if format == FORMAT_V1 {
@@ -1025,8 +1018,8 @@ impl SledStorage {
     /// once it serves, so that it never slows the node's start.
     pub fn id_filter_scan(&self) -> IdFilterScan {
         IdFilterScan {
-            index: self.index.clone(),
-            filter: self.filter.clone(),
+            index: self.applier.index.clone(),
+            filter: self.applier.filter.clone(),
         }
     }
 
@@ -1072,9 +1065,12 @@ impl SledStorage {
             })
             .collect();
         if !blocks.is_empty() {
-            let mut waiting = self.waiting_blocks.lock().expect("not poisoned");
+            let mut waiting = self.applier.waiting_blocks.lock().expect("not poisoned");
             for block in blocks {
-                waiting.insert(block.height, Arc::new(block.clone()));
+                // A node's core showed it when it decided it (see `DecidedBlocks`).
+                waiting
+                    .entry(block.height)
+                    .or_insert_with(|| Arc::new(block.clone()));
             }
         }
         {
@@ -1169,7 +1165,7 @@ impl SledStorage {
 
     /// Applies every write waiting in the backlog to sled as one batch; returns the highest
     /// block it applied, if any. Reads of this store apply the backlog first, so they see every
-    /// write; the chain's readers ([`ChainReader`], the archive) see it once applied.
+    /// write; the archive sees it once applied, the chain's readers ([`ChainReader`]) sooner.
     pub fn apply_backlog(&self) -> Result<Option<Height>, StorageError> {
         // Also waits for backlogs detached earlier, so that reads of sled that follow see them.
         self.detach_backlog().apply()
@@ -1228,8 +1224,8 @@ impl SledStorage {
         self.apply_backlog()?;
         let archive = SledArchive {
             tree: self.tree.clone(),
-            filter: self.filter.clone(),
-            index: self.index.clone(),
+            filter: self.applier.filter.clone(),
+            index: self.applier.index.clone(),
         };
         Ok(archive.read(id)?.map(|record| record.height))
     }
@@ -1237,7 +1233,7 @@ impl SledStorage {
     /// Where decided blocks wait for their write, for the chain's readers.
     pub fn decided_blocks(&self) -> DecidedBlocks {
         DecidedBlocks {
-            waiting: self.waiting_blocks.clone(),
+            waiting: self.applier.waiting_blocks.clone(),
         }
     }
 
@@ -1245,14 +1241,14 @@ impl SledStorage {
     pub fn reader(&self) -> ChainReader {
         ChainReader {
             tree: self.tree.clone(),
-            waiting: self.waiting_blocks.clone(),
+            waiting: self.applier.waiting_blocks.clone(),
         }
     }
 
     /// The number of ids in the dedup index.
     pub fn indexed_transfers(&self) -> Result<usize, StorageError> {
         self.apply_backlog()?;
-        Ok(self.index.len() as usize)
+        Ok(self.applier.index.len() as usize)
     }
 
     /// Moves the dedup index of earlier versions (one key per id, or buckets) into runs, a batch
@@ -1363,8 +1359,8 @@ impl Storage for SledStorage {
     fn archive(&self) -> Arc<dyn Archive> {
         Arc::new(SledArchive {
             tree: self.tree.clone(),
-            filter: self.filter.clone(),
-            index: self.index.clone(),
+            filter: self.applier.filter.clone(),
+            index: self.applier.index.clone(),
         })
     }
 }
@@ -1721,8 +1717,12 @@ mod tests {
             assert_eq!(store.first_height(&id).unwrap(), Some(*height));
         }
         // Whatever the merge thread has not merged yet is merged here; the tiers bound the rest.
-        while store.index.merge_once().unwrap() {}
-        assert!(store.index.runs() <= 19, "{} runs", store.index.runs());
+        while store.applier.index.merge_once().unwrap() {}
+        assert!(
+            store.applier.index.runs() <= 19,
+            "{} runs",
+            store.applier.index.runs()
+        );
         assert_eq!(store.indexed_transfers().unwrap(), ids.len());
         store.checkpoint().unwrap();
         drop(store);
@@ -1750,9 +1750,12 @@ mod tests {
         store.checkpoint().unwrap();
         drop(store);
         let mut store = reopen(&path, &IDENTITY, SledStorage::open_node).unwrap();
-        assert!(!store.filter.is_complete(), "complete only once scanned");
+        assert!(
+            !store.applier.filter.is_complete(),
+            "complete only once scanned"
+        );
         store.id_filter_scan().run().unwrap();
-        assert!(store.filter.is_complete());
+        assert!(store.applier.filter.is_complete());
         let now: Vec<String> = (0..300).map(|n| format!("now{n}")).collect();
         store
             .write(&[Write::AppendBlock(block_of(&mut ledger, &now))])
@@ -1856,7 +1859,7 @@ mod tests {
         assert_eq!(heights(), vec![0, 1]);
         store.write(&[Write::AppendBlock(block)]).unwrap();
         store.apply_backlog().unwrap();
-        assert!(store.waiting_blocks.lock().unwrap().is_empty());
+        assert!(store.applier.waiting_blocks.lock().unwrap().is_empty());
         assert_eq!(heights(), vec![0, 1]);
     }
 
@@ -1893,7 +1896,7 @@ mod tests {
             .map(|block| block.height)
             .collect();
         assert_eq!(heights, vec![1, 2]);
-        assert!(store.waiting_blocks.lock().unwrap().is_empty());
+        assert!(store.applier.waiting_blocks.lock().unwrap().is_empty());
     }
 
     #[test]
