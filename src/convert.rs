@@ -367,6 +367,7 @@ impl From<&Message> for proto::PeerMessage {
             Message::Decide(decide) => Kind::Decide(proto::Decide {
                 ballot: Some(decide.ballot.into()),
                 slot: decide.slot,
+                batch: decide.batch.as_ref().map(Into::into),
             }),
             Message::Nack(refusal) => Kind::Nack(nack(refusal)),
             Message::Forward(forward) => Kind::Forward(proto::Forward {
@@ -430,6 +431,7 @@ impl TryFrom<proto::PeerMessage> for Message {
             Kind::Decide(decide) => Message::Decide(Decide {
                 ballot: ballot(decide.ballot, "decide.ballot")?,
                 slot: decide.slot,
+                batch: decide.batch.map(TryInto::try_into).transpose()?,
             }),
             Kind::Nack(refusal) => Message::Nack(Nack {
                 ballot: ballot(refusal.ballot, "nack.ballot")?,
@@ -573,10 +575,19 @@ mod tests {
             Message::Accept(Accept {
                 ballot,
                 slot: 7,
-                batch,
+                batch: batch.clone(),
             }),
             Message::Accepted(Accepted { ballot, slot: 7 }),
-            Message::Decide(Decide { ballot, slot: 7 }),
+            Message::Decide(Decide {
+                ballot,
+                slot: 7,
+                batch: None,
+            }),
+            Message::Decide(Decide {
+                ballot,
+                slot: 8,
+                batch: Some(batch),
+            }),
             Message::Nack(Nack {
                 ballot,
                 promised: Ballot::new(5, 1),

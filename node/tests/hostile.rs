@@ -195,8 +195,8 @@ async fn send_as_peer(
     }
 }
 
-/// Prepare, Accept and Decide, each for a value nobody proposed, from a ballot that would
-/// outrank the leader's.
+/// Prepare, Accept and Decide (with and without the value), each for a value nobody proposed,
+/// from a ballot that would outrank the leader's.
 fn forgeries() -> Vec<Message> {
     vec![
         Message::Prepare(Prepare {
@@ -211,6 +211,12 @@ fn forgeries() -> Vec<Message> {
         Message::Decide(Decide {
             ballot: Ballot::new(1_000, 2),
             slot: 1,
+            batch: None,
+        }),
+        Message::Decide(Decide {
+            ballot: Ballot::new(1_000, 2),
+            slot: 1,
+            batch: Some(Batch::default()),
         }),
     ]
 }
@@ -342,6 +348,7 @@ async fn strangers_and_impostors_on_the_peer_port_are_refused_before_their_messa
         Message::Decide(Decide {
             ballot: Ballot::new(1, claimed),
             slot: u64::MAX,
+            batch: None,
         }),
     ];
     for forgery in impossible {

@@ -52,11 +52,15 @@ pub enum PlantedBug {
     /// The host writes a group of writes lazily (without a sync) whatever it holds, so a crash can
     /// lose a vote or a promise that already left.
     LazyVotes,
+    /// A leader that asks only some peers to accept a slot never asks the others for it: not when
+    /// the slot stays undecided, not when one of the peers asked disconnects. One of them crashed
+    /// or cut off stalls every slot it was asked for.
+    AskedPeersOnly,
 }
 
 impl PlantedBug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [PlantedBug; 17] = [
+    pub const ALL: [PlantedBug; 18] = [
         PlantedBug::ReplyBeforePersist,
         PlantedBug::ForgetPromiseOnRestart,
         PlantedBug::IgnorePromisedValues,
@@ -74,6 +78,7 @@ impl PlantedBug {
         PlantedBug::StartOnWipedDisk,
         PlantedBug::RerunWithoutQuorum,
         PlantedBug::LazyVotes,
+        PlantedBug::AskedPeersOnly,
     ];
 
     /// The bug's name in kebab case, as the simulator's `--planted-bug` flag takes it.
@@ -96,6 +101,7 @@ impl PlantedBug {
             PlantedBug::StartOnWipedDisk => "start-on-wiped-disk",
             PlantedBug::RerunWithoutQuorum => "rerun-without-quorum",
             PlantedBug::LazyVotes => "lazy-votes",
+            PlantedBug::AskedPeersOnly => "asked-peers-only",
         }
     }
 

@@ -153,14 +153,17 @@ pub struct Accepted {
     pub slot: Height,
 }
 
-/// The value the leader proposed for `slot` in `ballot` is decided. A node that accepted that
-/// value in that ballot learns it; any other node fetches the block.
+/// The value the leader proposed for `slot` in `ballot` is decided. A node the leader did not ask
+/// to accept it is sent the value too and learns it from here; a node that was asked learns the
+/// value it accepted in that ballot, or fetches the block if it has none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decide {
     /// The leader's ballot.
     pub ballot: Ballot,
     /// The decided slot.
     pub slot: Height,
+    /// The decided value, for a node that was not asked to accept it.
+    pub batch: Option<Batch>,
 }
 
 /// A refusal: the acceptor promised a higher ballot.
@@ -275,7 +278,8 @@ impl Message {
             }
             Message::Decide(decide) => {
                 ballot(&decide.ballot)?;
-                slot(decide.slot)
+                slot(decide.slot)?;
+                decide.batch.as_ref().map_or(Ok(()), batch)
             }
             Message::Nack(nack) => {
                 ballot(&nack.ballot)?;

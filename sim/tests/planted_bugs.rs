@@ -194,3 +194,15 @@ fn votes_written_without_a_sync_are_caught() {
         ],
     );
 }
+
+// A leader asks only the majority that answered its last probe first. A slot they leave
+// undecided must go to the other peers, or a crashed or cut-off peer among them stalls it for
+// good: the lasting mode, which leaves a minority crashed or cut, must see that.
+#[test]
+fn asking_only_the_same_peers_again_is_caught_under_lasting_faults() {
+    assert_found_in(
+        PlantedBug::AskedPeersOnly,
+        Mode::Lasting,
+        &["liveness-lasting"],
+    );
+}

@@ -301,6 +301,7 @@ impl Replica {
         }
         self.peer_heard_at[peer as usize - 1] = None;
         self.election.replies.remove(&peer);
+        self.ask_others_than(peer);
         let redirect = !self
             .config
             .planted_bugs

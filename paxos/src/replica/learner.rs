@@ -4,15 +4,36 @@
 use super::{Committed, Event, Fetch, FetchInFlight, ProposeError, Replica, Reply, Role};
 use crate::bugs::PlantedBug;
 use crate::ledger::{Batch, Block};
-use crate::message::Decide;
+use crate::message::{Decide, Message};
 use crate::storage::Write;
 use crate::types::{Height, NodeId};
 
 impl Replica {
-    /// The leader says `slot` is decided in its ballot. If we accepted that ballot's value we know
-    /// the decided value; otherwise we fetch the block.
+    /// The leader says `slot` is decided in its ballot. The value comes with it when the leader did
+    /// not ask us to accept it; otherwise, if we accepted that ballot's value we know the decided
+    /// value, and if not we fetch the block.
     pub(super) fn handle_decide(&mut self, from: NodeId, decide: Decide) {
         if decide.slot <= self.ledger.height() {
+            return;
+        }
+        if let Some(batch) = decide.batch {
+            if decide.ballot.node != from {
+                self.reject(
+                    from,
+                    &Message::Decide(Decide {
+                        batch: Some(batch),
+                        ..decide
+                    }),
+                    "only the leader of the ballot tells its decisions".to_string(),
+                );
+                return;
+            }
+            self.learn(decide.slot, batch);
+            if decide.slot > self.ledger.height() {
+                // Blocks below it are missing: ask for them, from the leader first, as for a
+                // decision whose value we lack.
+                self.fetch_preferring(Some(from));
+            }
             return;
         }
         match self.accepted.get(&decide.slot) {

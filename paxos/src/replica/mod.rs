@@ -285,6 +285,11 @@ struct Proposal {
     sent_at: u64,
     /// Peers with a client waiting on this batch: they hear it is decided at once.
     waiting: BTreeSet<NodeId>,
+    /// The peers first asked to accept it (see `Leader::asked`); the others are sent the value
+    /// with its Decide.
+    asked: BTreeSet<NodeId>,
+    /// For a probe, which went to every peer: the peers that voted, in the order they did.
+    probe_votes: Option<Vec<NodeId>>,
 }
 
 /// A transfer queued by the leader, with the node it came from (the leader itself, or the peer
@@ -300,6 +305,10 @@ struct Queued {
 struct Untold {
     decide: Decide,
     told: BTreeSet<NodeId>,
+    /// The decided value, for the peers not in `asked`.
+    batch: Batch,
+    /// The peers that were asked to accept it.
+    asked: BTreeSet<NodeId>,
 }
 
 /// Phase 1 in progress.
@@ -328,6 +337,14 @@ struct Leader {
     /// height): when one client at a time waits, that saves every follower a frame, a wake-up and
     /// a write per block.
     untold: Vec<Untold>,
+    /// The peers new proposals go to: the majority less this node that voted first for the last
+    /// probe. The rest of the peers take no part in deciding a slot; they learn it from a Decide
+    /// that carries the value, and spend no disk flush, no vote and no wake-up per block on it.
+    /// Empty until a probe finds them.
+    asked: BTreeSet<NodeId>,
+    /// The next proposal goes to every peer, and the order of their votes chooses `asked` anew:
+    /// set once a tick, so a peer that slowed down or went away is replaced within a tick.
+    probe_due: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -405,14 +405,21 @@ fn a_majority_decides_and_the_client_is_answered() {
 fn peers_whose_clients_wait_hear_a_decision_at_once_and_the_rest_hear_it_next() {
     let mut replica = leader(5);
     let ballot = replica.election.ballot();
-    let decide = |slot| Message::Decide(Decide { ballot, slot });
+    let decide = |slot| {
+        Message::Decide(Decide {
+            ballot,
+            slot,
+            batch: None,
+        })
+    };
     let accepted = |slot| Message::Accepted(Accepted { ballot, slot });
     let no_decides = |ready: &Ready| {
         ready
             .all_messages()
             .all(|outgoing| !matches!(outgoing.message, Message::Decide(_)))
     };
-    // Slot 1: a transfer of the leader's own client. Slot 2: one forwarded by node 4.
+    // Slot 1: a transfer of the leader's own client. Slot 2: one forwarded by node 4. Both go to
+    // every peer: no probe has answered yet.
     replica.step(Input::Propose(transfer("a", 1, 3, 20)));
     receive(
         &mut replica,
@@ -439,23 +446,26 @@ fn peers_whose_clients_wait_hear_a_decision_at_once_and_the_rest_hear_it_next() 
     for peer in [2, 3, 5] {
         assert!(messages_to(&ready, peer).is_empty(), "node {peer}");
     }
-    // The next Accepts carry, in front of them, what each peer was not yet told.
+    // Slot 2 was a probe too (none had answered when it was proposed), and nodes 5 and 2 answered
+    // it first: the next Accepts go to them only, with what each was not yet told in front.
     let ready = replica.step(Input::Propose(transfer("c", 1, 5, 1)));
     let accept_3 = |message: &Message| matches!(message, Message::Accept(Accept { slot: 3, .. }));
-    for peer in [2, 3, 5] {
+    for peer in [2, 5] {
         let messages = messages_to(&ready, peer);
         assert_eq!(messages.len(), 3, "node {peer}: {messages:?}");
         assert_eq!(messages[..2], [&decide(1), &decide(2)], "node {peer}");
         assert!(accept_3(messages[2]), "node {peer}: {messages:?}");
     }
-    let messages = messages_to(&ready, 4);
-    assert_eq!(messages.len(), 2, "{messages:?}");
-    assert_eq!(messages[0], &decide(1));
-    assert!(accept_3(messages[1]), "{messages:?}");
+    for peer in [3, 4] {
+        assert!(
+            messages_to(&ready, peer).is_empty(),
+            "node {peer} is not asked"
+        );
+    }
     // With nothing more to propose, what reports our height tells first.
     own_vote(&mut replica, 3);
     receive(&mut replica, 2, accepted(3));
-    let ready = receive(&mut replica, 3, accepted(3));
+    let ready = receive(&mut replica, 5, accepted(3));
     assert_eq!(ready.replies.len(), 1, "slot 3 is decided");
     // A heartbeat's reply reports our height: the peer hears first what it was reached by, so
     // it never fetches a block only because its Decide waited.
@@ -474,22 +484,180 @@ fn peers_whose_clients_wait_hear_a_decision_at_once_and_the_rest_hear_it_next() 
         messages[1],
         Message::HeartbeatReply(HeartbeatReply { decided: 3, .. })
     ));
-    // The tick's heartbeats tell the rest, in front of them, once.
+    // The tick's heartbeats tell the rest, in front of them, once; a peer that was not asked to
+    // accept slot 3 gets its value with the decision.
     let ready = replica.step(Input::Tick);
     assert!(
-        !messages_to(&ready, 2).contains(&&decide(3)),
+        !messages_to(&ready, 2)
+            .iter()
+            .any(|message| matches!(message, Message::Decide(_))),
         "node 2 was told"
     );
+    let slot_3 = batch(1, &[transfer("c", 1, 5, 1)]);
+    let told = |peer| -> Vec<Message> {
+        messages_to(&ready, peer)
+            .into_iter()
+            .filter(|message| matches!(message, Message::Decide(_)))
+            .cloned()
+            .collect()
+    };
+    let with_value = Message::Decide(Decide {
+        ballot,
+        slot: 3,
+        batch: Some(slot_3),
+    });
+    assert_eq!(told(3), vec![decide(1), decide(2), with_value.clone()]);
+    assert_eq!(told(4), vec![decide(1), with_value]);
+    assert_eq!(told(5), vec![decide(3)]);
     for peer in 3..=5 {
-        let messages = messages_to(&ready, peer);
-        assert_eq!(messages[0], &decide(3), "node {peer}: {messages:?}");
-        assert!(messages
+        assert!(messages_to(&ready, peer)
             .iter()
             .any(|message| matches!(message, Message::Heartbeat(_))));
     }
     assert!(
         no_decides(&replica.step(Input::Tick)),
         "each decision is told once"
+    );
+}
+
+/// Decides slot `slot` on `replica` (node 1 of 5) with votes from itself and `voters`, in order.
+fn decide_with(replica: &mut Replica, slot: Height, voters: &[NodeId]) -> Ready {
+    let ballot = replica.election.ballot();
+    own_vote(replica, slot);
+    let mut ready = Ready::default();
+    for voter in voters {
+        ready = receive(
+            replica,
+            *voter,
+            Message::Accepted(Accepted { ballot, slot }),
+        );
+    }
+    ready
+}
+
+fn accepts_to(ready: &Ready) -> BTreeSet<NodeId> {
+    ready
+        .all_messages()
+        .filter(|outgoing| matches!(outgoing.message, Message::Accept(_)))
+        .map(|outgoing| outgoing.to)
+        .collect()
+}
+
+#[test]
+fn a_probe_goes_to_every_peer_and_its_first_voters_are_asked_next() {
+    let mut replica = leader(5);
+    let ready = replica.step(Input::Propose(transfer("a", 1, 2, 1)));
+    assert_eq!(accepts_to(&ready), BTreeSet::from([2, 3, 4, 5]), "a probe");
+    let ready = decide_with(&mut replica, 1, &[5, 3]);
+    assert_eq!(ready.replies.len(), 1, "slot 1 is decided");
+    let ready = replica.step(Input::Propose(transfer("b", 1, 2, 1)));
+    assert_eq!(
+        accepts_to(&ready),
+        BTreeSet::from([3, 5]),
+        "the first two voters"
+    );
+    decide_with(&mut replica, 2, &[3, 5]);
+    // Once a tick the next proposal is a probe again, and the order of its votes chooses anew.
+    replica.step(Input::Tick);
+    let ready = replica.step(Input::Propose(transfer("c", 1, 2, 1)));
+    assert_eq!(accepts_to(&ready), BTreeSet::from([2, 3, 4, 5]), "a probe");
+    decide_with(&mut replica, 3, &[4, 2, 3]);
+    let ready = replica.step(Input::Propose(transfer("d", 1, 2, 1)));
+    assert_eq!(accepts_to(&ready), BTreeSet::from([2, 4]));
+}
+
+#[test]
+fn a_slot_its_asked_peers_leave_undecided_goes_to_every_other_peer() {
+    let mut replica = leader(5);
+    let ballot = replica.election.ballot();
+    let vote = |slot| Message::Accepted(Accepted { ballot, slot });
+    replica.step(Input::Propose(transfer("a", 1, 2, 1)));
+    decide_with(&mut replica, 1, &[2, 3]);
+    let ready = replica.step(Input::Propose(transfer("b", 1, 2, 1)));
+    assert_eq!(accepts_to(&ready), BTreeSet::from([2, 3]));
+    own_vote(&mut replica, 2);
+    receive(&mut replica, 2, vote(2));
+    // Node 3 never answers: at the next tick but one, every peer that has not voted is asked.
+    assert_eq!(accepts_to(&replica.step(Input::Tick)), BTreeSet::new());
+    assert_eq!(
+        accepts_to(&replica.step(Input::Tick)),
+        BTreeSet::from([3, 4, 5])
+    );
+    let ready = receive(&mut replica, 4, vote(2));
+    assert_eq!(ready.replies.len(), 1, "slot 2 is decided without node 3");
+}
+
+#[test]
+fn an_asked_peer_that_disconnects_is_replaced_at_once() {
+    let mut replica = leader(5);
+    let ballot = replica.election.ballot();
+    let vote = |slot| Message::Accepted(Accepted { ballot, slot });
+    replica.step(Input::Propose(transfer("a", 1, 2, 1)));
+    decide_with(&mut replica, 1, &[2, 3]);
+    replica.step(Input::Propose(transfer("b", 1, 2, 1)));
+    own_vote(&mut replica, 2);
+    let ready = replica.step(Input::Disconnected(3));
+    assert_eq!(
+        accepts_to(&ready),
+        BTreeSet::from([4, 5]),
+        "slot 2 goes to the peers not asked for it"
+    );
+    let ready = receive(&mut replica, 5, vote(2));
+    assert!(ready.replies.is_empty(), "two votes of five");
+    let ready = receive(&mut replica, 2, vote(2));
+    assert_eq!(ready.replies.len(), 1, "slot 2 is decided without node 3");
+    let ready = replica.step(Input::Propose(transfer("c", 1, 2, 1)));
+    assert_eq!(accepts_to(&ready), BTreeSet::from([2, 3, 4, 5]), "a probe");
+    // A peer that was not asked disconnecting changes nothing.
+    decide_with(&mut replica, 3, &[4, 5]);
+    replica.step(Input::Propose(transfer("d", 1, 2, 1)));
+    assert!(accepts_to(&replica.step(Input::Disconnected(2))).is_empty());
+}
+
+#[test]
+fn a_node_not_asked_learns_the_value_from_its_leaders_decide_only() {
+    let mut replica = fresh(2, 5);
+    let ballot = Ballot::new(1, 1);
+    let value = batch(1, &[transfer("a", 1, 2, 5)]);
+    let decide = Message::Decide(Decide {
+        ballot,
+        slot: 1,
+        batch: Some(value.clone()),
+    });
+    // From a node that does not own the ballot: refused, nothing learned, nothing fetched.
+    let ready = receive(&mut replica, 3, decide.clone());
+    assert_eq!(replica.ledger().height(), 0);
+    assert!(ready.fetches.is_empty());
+    assert!(ready
+        .events
+        .iter()
+        .any(|event| matches!(event, Event::MessageRejected { from: 3, .. })));
+    let ready = receive(&mut replica, 1, decide);
+    assert_eq!(replica.ledger().height(), 1);
+    assert_eq!(replica.ledger().balances(), &[95, 105, 100, 100, 100]);
+    assert!(ready.fetches.is_empty(), "nothing to fetch");
+    assert!(ready
+        .writes
+        .iter()
+        .any(|write| matches!(write, Write::AppendBlock(block) if block.height == 1)));
+    // A decision above a gap is kept, and the blocks in between are fetched, from the leader.
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Decide(Decide {
+            ballot,
+            slot: 3,
+            batch: Some(batch(1, &[])),
+        }),
+    );
+    assert_eq!(replica.ledger().height(), 1);
+    assert_eq!(
+        ready
+            .fetches
+            .iter()
+            .map(|fetch| fetch.peer)
+            .collect::<Vec<_>>(),
+        vec![1]
     );
 }
 
@@ -507,11 +675,27 @@ fn a_follower_learns_a_decided_value_it_accepted() {
             batch: value,
         }),
     );
-    let ready = receive(&mut replica, 1, Message::Decide(Decide { ballot, slot: 1 }));
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Decide(Decide {
+            ballot,
+            slot: 1,
+            batch: None,
+        }),
+    );
     assert_eq!(ready.appended_blocks().count(), 1);
     assert!(replica.accepted().is_empty());
     // A decision for a value it did not accept makes it fetch instead.
-    let ready = receive(&mut replica, 1, Message::Decide(Decide { ballot, slot: 2 }));
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Decide(Decide {
+            ballot,
+            slot: 2,
+            batch: None,
+        }),
+    );
     assert_eq!(ready.fetches, vec![Fetch { peer: 1, from: 2 }]);
 }
 
@@ -694,7 +878,11 @@ fn a_leader_that_steps_down_first_tells_what_it_decided() {
     for peer in [2, 3] {
         assert_eq!(
             messages_to(&ready, peer),
-            vec![&Message::Decide(Decide { ballot, slot: 1 })],
+            vec![&Message::Decide(Decide {
+                ballot,
+                slot: 1,
+                batch: None,
+            })],
             "node {peer}"
         );
     }
@@ -893,6 +1081,7 @@ fn an_impossible_ballot_is_refused_and_changes_nothing() {
         Message::Decide(Decide {
             ballot: Ballot::new(1, 1),
             slot: u64::MAX,
+            batch: None,
         }),
     );
     assert!(ready.fetches.is_empty());
