@@ -12,6 +12,13 @@ use crate::types::{Ballot, Height, NodeId};
 
 /// A proposal unanswered for this many ticks is sent again to the acceptors that have not voted.
 const ACCEPT_RESEND_TICKS: u64 = 2;
+/// A proposal sent to the asked peers only and still undecided at the next tick goes to every
+/// peer that has not voted: a slow or cut-off asked peer holds a slot up for at most one tick.
+const ACCEPT_WIDEN_TICKS: u64 = 1;
+/// Values the peers not asked have not been told, in transfers, beyond which they are told at
+/// once rather than in front of the next heartbeat: it bounds the frame that carries them
+/// however long a tick is.
+pub(super) const UNTOLD_TRANSFERS_MAX: usize = 8_192;
 
 impl Replica {
     /// The ballot this node runs Phase 1 or leads with, if it does.
@@ -311,8 +318,8 @@ impl Replica {
     /// Asking only a majority is still Paxos: a value is chosen once a majority accepted it,
     /// whichever majority. It spares the other peers a flush and a vote per block, and on a small
     /// machine it spares the peers that decide the CPU those would take. A slot they leave
-    /// undecided goes to every peer after `ACCEPT_RESEND_TICKS`, or at once when one of them
-    /// disconnects.
+    /// undecided goes to every peer at the next tick (`ACCEPT_WIDEN_TICKS`), or at once when one
+    /// of them disconnects.
     fn propose_at(&mut self, slot: Height, batch: Batch, waiting: BTreeSet<NodeId>) {
         let peers_needed = self.config.majority() - 1;
         let everyone: BTreeSet<NodeId> = self.config.peers().collect();
@@ -376,7 +383,8 @@ impl Replica {
     }
 
     /// Once a tick: the next proposal is a probe, and proposals unanswered for a while go again
-    /// to every acceptor that has not voted, asked at first or not.
+    /// to every acceptor that has not voted, asked at first or not (at the first tick, for a
+    /// proposal that went to the asked peers only).
     pub(super) fn resend_accepts(&mut self) {
         let now = self.now;
         let peers: Vec<NodeId> = self.config.peers().collect();
@@ -388,7 +396,12 @@ impl Replica {
         let ballot = leader.ballot;
         let mut resend = Vec::new();
         for (slot, proposal) in leader.in_flight.iter_mut() {
-            if now - proposal.sent_at < ACCEPT_RESEND_TICKS {
+            let due = if proposal.asked.len() < peers.len() {
+                ACCEPT_WIDEN_TICKS
+            } else {
+                ACCEPT_RESEND_TICKS
+            };
+            if now - proposal.sent_at < due {
                 continue;
             }
             proposal.sent_at = now;
@@ -463,6 +476,12 @@ impl Replica {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
+        // A probe it answered before it went must not make it one of the peers asked.
+        for proposal in leader.in_flight.values_mut() {
+            if let Some(votes) = &mut proposal.probe_votes {
+                votes.retain(|voter| *voter != gone);
+            }
+        }
         if !leader.asked.remove(&gone) {
             return;
         }
@@ -516,6 +535,12 @@ impl Replica {
                 asked: proposal.asked.clone(),
             });
         }
+        let untold_values: usize = leader
+            .untold
+            .iter()
+            .filter(|untold| untold.asked.len() < peers)
+            .map(|untold| untold.batch.transfers.len())
+            .sum();
         for peer in &proposal.waiting {
             let batch = (!proposal.asked.contains(peer)).then(|| proposal.batch.clone());
             self.send(
@@ -525,6 +550,9 @@ impl Replica {
                     ..decide.clone()
                 }),
             );
+        }
+        if untold_values > UNTOLD_TRANSFERS_MAX {
+            self.tell_decisions();
         }
         self.learn(slot, proposal.batch);
         self.propose_from_queue();

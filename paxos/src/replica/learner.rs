@@ -1,6 +1,7 @@
 //! The learner: decided values become blocks, strictly in height order; a node that is behind
 //! fetches the blocks it lacks and checks every hash link before it applies them.
 
+use super::acceptor::ACCEPT_AHEAD_MAX;
 use super::{Committed, Event, Fetch, FetchInFlight, ProposeError, Replica, Reply, Role};
 use crate::bugs::PlantedBug;
 use crate::ledger::{Batch, Block};
@@ -28,7 +29,11 @@ impl Replica {
                 );
                 return;
             }
-            self.learn(decide.slot, batch);
+            // Kept only within the window an Accept may be, so a node far behind (cut from
+            // every peer it could fetch from, say) holds a bounded number of values in memory.
+            if decide.slot <= self.ledger.height() + ACCEPT_AHEAD_MAX {
+                self.learn(decide.slot, batch);
+            }
             if decide.slot > self.ledger.height() {
                 // Blocks below it are missing: ask for them, from the leader first, as for a
                 // decision whose value we lack.

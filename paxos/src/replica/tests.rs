@@ -1,5 +1,6 @@
 //! Unit tests of the replica: feed it inputs, assert on exactly what comes out.
 
+use super::leader::UNTOLD_TRANSFERS_MAX;
 use super::*;
 use crate::bugs::PlantedBugs;
 use crate::message::{
@@ -577,8 +578,7 @@ fn a_slot_its_asked_peers_leave_undecided_goes_to_every_other_peer() {
     assert_eq!(accepts_to(&ready), BTreeSet::from([2, 3]));
     own_vote(&mut replica, 2);
     receive(&mut replica, 2, vote(2));
-    // Node 3 never answers: at the next tick but one, every peer that has not voted is asked.
-    assert_eq!(accepts_to(&replica.step(Input::Tick)), BTreeSet::new());
+    // Node 3 never answers: at the next tick every peer that has not voted is asked.
     assert_eq!(
         accepts_to(&replica.step(Input::Tick)),
         BTreeSet::from([3, 4, 5])
@@ -612,6 +612,93 @@ fn an_asked_peer_that_disconnects_is_replaced_at_once() {
     decide_with(&mut replica, 3, &[4, 5]);
     replica.step(Input::Propose(transfer("d", 1, 2, 1)));
     assert!(accepts_to(&replica.step(Input::Disconnected(2))).is_empty());
+}
+
+#[test]
+fn a_peer_that_disconnects_during_a_probe_is_not_asked() {
+    let mut replica = leader(5);
+    let ballot = replica.election.ballot();
+    let vote = |slot| Message::Accepted(Accepted { ballot, slot });
+    replica.step(Input::Propose(transfer("a", 1, 2, 1)));
+    own_vote(&mut replica, 1);
+    receive(&mut replica, 2, vote(1));
+    replica.step(Input::Disconnected(2));
+    let ready = receive(&mut replica, 3, vote(1));
+    assert_eq!(
+        ready.replies.len(),
+        1,
+        "node 2's vote still counts towards slot 1"
+    );
+    // Only node 3 answered the probe among the peers still there: the next slot is a probe too.
+    let ready = replica.step(Input::Propose(transfer("b", 1, 2, 1)));
+    assert_eq!(accepts_to(&ready), BTreeSet::from([2, 3, 4, 5]));
+    decide_with(&mut replica, 2, &[4, 3]);
+    let ready = replica.step(Input::Propose(transfer("c", 1, 2, 1)));
+    assert_eq!(accepts_to(&ready), BTreeSet::from([3, 4]));
+}
+
+#[test]
+fn values_the_peers_not_asked_lack_are_told_before_they_pile_up() {
+    let mut replica = leader(5);
+    replica.step(Input::Propose(transfer("probe", 1, 2, 1)));
+    decide_with(&mut replica, 1, &[2, 3]);
+    // One transfer per slot, no tick: node 4 is not asked, and hears nothing until the values
+    // it lacks pass the bound; then it hears every one at once.
+    for slot in 2..=(UNTOLD_TRANSFERS_MAX as Height + 2) {
+        replica.step(Input::Propose(transfer(&format!("t{slot}"), 1, 2, 1)));
+        let ready = decide_with(&mut replica, slot, &[2, 3]);
+        assert_eq!(ready.replies.len(), 1, "slot {slot} is decided");
+        let told = messages_to(&ready, 4)
+            .into_iter()
+            .filter(|message| matches!(message, Message::Decide(Decide { batch: Some(_), .. })))
+            .count();
+        let untold = slot as usize - 1;
+        if untold <= UNTOLD_TRANSFERS_MAX {
+            assert_eq!(told, 0, "slot {slot}");
+        } else {
+            assert_eq!(
+                told, untold,
+                "slot {slot}: every value node 4 lacks, at once"
+            );
+            return;
+        }
+    }
+    panic!("node 4 was never told");
+}
+
+#[test]
+fn a_decide_far_above_the_head_is_not_kept_but_fetched() {
+    let mut replica = fresh(2, 5);
+    let far = acceptor::ACCEPT_AHEAD_MAX + 1;
+    let ready = receive(
+        &mut replica,
+        1,
+        Message::Decide(Decide {
+            ballot: Ballot::new(1, 1),
+            slot: far,
+            batch: Some(batch(1, &[])),
+        }),
+    );
+    assert!(replica.decided.is_empty(), "nothing held in memory");
+    assert_eq!(
+        ready
+            .fetches
+            .iter()
+            .map(|fetch| fetch.peer)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    let near = acceptor::ACCEPT_AHEAD_MAX;
+    receive(
+        &mut replica,
+        1,
+        Message::Decide(Decide {
+            ballot: Ballot::new(1, 1),
+            slot: near,
+            batch: Some(batch(1, &[])),
+        }),
+    );
+    assert!(replica.decided.contains_key(&near));
 }
 
 #[test]
