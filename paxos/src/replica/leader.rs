@@ -387,34 +387,53 @@ impl Replica {
     /// proposal that went to the asked peers only).
     pub(super) fn resend_accepts(&mut self) {
         let now = self.now;
-        let peers: Vec<NodeId> = self.config.peers().collect();
+        let peers = self.config.nodes as usize - 1;
         let asked_only = self.config.planted_bugs.has(PlantedBug::AskedPeersOnly);
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         leader.probe_due = true;
+        self.ask_again(
+            |proposal| {
+                let due = if proposal.asked.len() < peers {
+                    ACCEPT_WIDEN_TICKS
+                } else {
+                    ACCEPT_RESEND_TICKS
+                };
+                now - proposal.sent_at >= due
+            },
+            |proposal, peer| !asked_only || proposal.asked.contains(&peer),
+        );
+    }
+
+    /// Sends each in-flight proposal `due` picks again, to the peers that have not voted for it
+    /// and that `to` picks, and counts it sent now.
+    fn ask_again(
+        &mut self,
+        due: impl Fn(&Proposal) -> bool,
+        to: impl Fn(&Proposal, NodeId) -> bool,
+    ) {
+        let now = self.now;
+        let peers: Vec<NodeId> = self.config.peers().collect();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
         let ballot = leader.ballot;
         let mut resend = Vec::new();
         for (slot, proposal) in leader.in_flight.iter_mut() {
-            let due = if proposal.asked.len() < peers.len() {
-                ACCEPT_WIDEN_TICKS
-            } else {
-                ACCEPT_RESEND_TICKS
-            };
-            if now - proposal.sent_at < due {
+            if !due(proposal) {
                 continue;
             }
             proposal.sent_at = now;
-            for peer in peers.iter().filter(|peer| {
-                !proposal.accepted_by.contains(peer)
-                    && (!asked_only || proposal.asked.contains(peer))
-            }) {
-                let accept = Accept {
-                    ballot,
-                    slot: *slot,
-                    batch: proposal.batch.clone(),
-                };
-                resend.push((*peer, accept));
+            for peer in peers.iter().copied() {
+                if !proposal.accepted_by.contains(&peer) && to(proposal, peer) {
+                    let accept = Accept {
+                        ballot,
+                        slot: *slot,
+                        batch: proposal.batch.clone(),
+                    };
+                    resend.push((peer, accept));
+                }
             }
         }
         for (peer, accept) in resend {
@@ -471,8 +490,6 @@ impl Replica {
         if self.config.planted_bugs.has(PlantedBug::AskedPeersOnly) {
             return;
         }
-        let now = self.now;
-        let others: Vec<NodeId> = self.config.peers().filter(|peer| *peer != gone).collect();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -486,29 +503,10 @@ impl Replica {
             return;
         }
         leader.probe_due = true;
-        let ballot = leader.ballot;
-        let mut resend = Vec::new();
-        for (slot, proposal) in leader.in_flight.iter_mut() {
-            if !proposal.asked.contains(&gone) || proposal.accepted_by.contains(&gone) {
-                continue;
-            }
-            proposal.sent_at = now;
-            for peer in others.iter().filter(|peer| {
-                !proposal.asked.contains(peer) && !proposal.accepted_by.contains(peer)
-            }) {
-                resend.push((
-                    *peer,
-                    Accept {
-                        ballot,
-                        slot: *slot,
-                        batch: proposal.batch.clone(),
-                    },
-                ));
-            }
-        }
-        for (peer, accept) in resend {
-            self.send(peer, Message::Accept(accept));
-        }
+        self.ask_again(
+            |proposal| proposal.asked.contains(&gone) && !proposal.accepted_by.contains(&gone),
+            |proposal, peer| peer != gone && !proposal.asked.contains(&peer),
+        );
     }
 
     /// A majority accepted `slot`: tell the peers whose clients wait on it now and everyone else

@@ -17,18 +17,15 @@ impl Replica {
         if decide.slot <= self.ledger.height() {
             return;
         }
+        if decide.batch.is_some() && decide.ballot.node != from {
+            self.reject(
+                from,
+                &Message::Decide(decide),
+                "only the leader of the ballot tells its decisions".to_string(),
+            );
+            return;
+        }
         if let Some(batch) = decide.batch {
-            if decide.ballot.node != from {
-                self.reject(
-                    from,
-                    &Message::Decide(Decide {
-                        batch: Some(batch),
-                        ..decide
-                    }),
-                    "only the leader of the ballot tells its decisions".to_string(),
-                );
-                return;
-            }
             // Kept only within the window an Accept may be, so a node far behind (cut from
             // every peer it could fetch from, say) holds a bounded number of values in memory.
             if decide.slot <= self.ledger.height() + ACCEPT_AHEAD_MAX {

@@ -680,14 +680,7 @@ fn a_decide_far_above_the_head_is_not_kept_but_fetched() {
         }),
     );
     assert!(replica.decided.is_empty(), "nothing held in memory");
-    assert_eq!(
-        ready
-            .fetches
-            .iter()
-            .map(|fetch| fetch.peer)
-            .collect::<Vec<_>>(),
-        vec![1]
-    );
+    assert_eq!(ready.fetches, vec![Fetch { peer: 1, from: 1 }]);
     let near = acceptor::ACCEPT_AHEAD_MAX;
     receive(
         &mut replica,
@@ -738,14 +731,7 @@ fn a_node_not_asked_learns_the_value_from_its_leaders_decide_only() {
         }),
     );
     assert_eq!(replica.ledger().height(), 1);
-    assert_eq!(
-        ready
-            .fetches
-            .iter()
-            .map(|fetch| fetch.peer)
-            .collect::<Vec<_>>(),
-        vec![1]
-    );
+    assert_eq!(ready.fetches, vec![Fetch { peer: 1, from: 2 }]);
 }
 
 #[test]
