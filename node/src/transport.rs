@@ -1,11 +1,15 @@
-//! Outgoing peer traffic. For every peer, one task keeps one long-lived `Stream` call open and
-//! writes into it, in order, each frame of messages the core loop has for that peer; the peer's
+//! Outgoing peer traffic. For every peer, one long-lived `Stream` call stays open, and the core
+//! loop writes each frame of messages it has for that peer straight into it, in order; the peer's
 //! own messages arrive on the stream it keeps open to us (see `service`). Catch-up fetches are
 //! separate server-streaming calls on the same connection.
 //!
-//! A frame that cannot be sent (the peer is down, its queue is full, the link is cut) is a lost
-//! message: the core retransmits what matters. A call that ends is opened again with the next
-//! frame, so a restarted peer is reached as soon as it listens.
+//! Frames go into the call from the core loop's own step, not through a task of the transport's:
+//! on the node's one thread each task hop waits its turn behind every other ready task, a task per
+//! client call under load.
+//!
+//! A frame that cannot be sent (the peer is down, its stream's buffer is full, the link is cut)
+//! is a lost message: the core retransmits what matters. A call that ends is opened again with the
+//! next frame, so a restarted peer is reached as soon as it listens.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,8 +33,6 @@ use crate::telemetry::{Kind, Telemetry};
 
 /// The most blocks asked for in one catch-up fetch.
 pub const CATCH_UP_BLOCKS_MAX: u32 = 256;
-/// Frames queued per peer before new ones are dropped.
-const PEER_QUEUE_MAX: usize = 4_096;
 /// Frames buffered in an open stream before new ones are dropped (the peer is not reading).
 const STREAM_FRAMES_MAX: usize = 1_024;
 /// How long a connection attempt may take.
@@ -42,19 +44,25 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// `BATCH_TRANSFERS_LIMIT` transfers; with the default batch limit a Promise stays below a few MiB.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-enum Outbound {
-    Frame(Vec<Message>),
-    Fetch(Height),
-}
-
-/// Hands outgoing traffic to one task per peer. Cheap to call from the core loop: it never blocks.
+/// Hands outgoing traffic to each peer's stream. Cheap to call from the core loop: it never blocks.
 pub struct Transport {
-    queues: BTreeMap<NodeId, mpsc::Sender<Outbound>>,
+    peers: BTreeMap<NodeId, Peer>,
+    id: NodeId,
+    genesis_hash: Hash,
+    links: Arc<Links>,
+    core: CoreHandle,
     telemetry: Arc<Telemetry>,
 }
 
+/// One peer's connection and the stream open on it, if any.
+struct Peer {
+    client: PeerServiceClient<Channel>,
+    stream: Option<mpsc::Sender<proto::PeerFrame>>,
+}
+
 impl Transport {
-    /// Starts one sender task per peer on the current tokio runtime.
+    /// Sets up a connection to every peer; connections are made, and streams opened, on first use,
+    /// on the current tokio runtime.
     pub fn start(
         id: NodeId,
         cluster: &Cluster,
@@ -64,7 +72,7 @@ impl Transport {
         core: CoreHandle,
         telemetry: Arc<Telemetry>,
     ) -> anyhow::Result<Transport> {
-        let mut queues = BTreeMap::new();
+        let mut peers = BTreeMap::new();
         let identity = match secrets {
             Some(secrets) => {
                 let (certificate, key) = secrets.node_identity(id)?;
@@ -88,107 +96,105 @@ impl Transport {
             });
             // Calls of their own have no deadline: a stream lives as long as both nodes do.
             let channel = benmo::dial::channel_with_tls(&address, CONNECT_TIMEOUT, None, tls)?;
-            let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
-            let peer_sender = PeerSender {
-                id,
+            let client = PeerServiceClient::new(channel)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+            peers.insert(
                 peer,
-                client: PeerServiceClient::new(channel)
-                    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-                genesis_hash,
-                links: links.clone(),
-                core: core.clone(),
-                telemetry: telemetry.clone(),
-            };
-            tokio::spawn(peer_sender.run(receiver));
-            queues.insert(peer, sender);
+                Peer {
+                    client,
+                    stream: None,
+                },
+            );
         }
-        Ok(Transport { queues, telemetry })
+        Ok(Transport {
+            peers,
+            id,
+            genesis_hash,
+            links,
+            core,
+            telemetry,
+        })
     }
 
-    /// Sends `messages` to `peer` as one frame (or drops them if the peer's queue is full).
-    pub fn send(&self, peer: NodeId, messages: Vec<Message>) {
-        self.enqueue(peer, Outbound::Frame(messages));
+    /// Sends `messages` to `peer` as one frame, or drops them if the link is cut or the peer's
+    /// stream is full.
+    pub fn send(&mut self, peer: NodeId, messages: Vec<Message>) {
+        if !self.links.sends_to(peer) {
+            self.telemetry.failed_messages(peer, &messages);
+            return;
+        }
+        let Some(link) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let open = link.stream.as_ref().filter(|stream| !stream.is_closed());
+        let stream = match open {
+            Some(stream) => stream,
+            None => link
+                .stream
+                .insert(open_stream(&link.client, self.id, peer, self.genesis_hash)),
+        };
+        if stream.try_send(convert::frame(&messages)).is_err() {
+            debug!("stream to node {peer} is full; dropping a frame");
+            self.telemetry.failed_messages(peer, &messages);
+        }
     }
 
-    /// Fetches `peer`'s blocks from height `from`; they come back as [`Command::Blocks`].
+    /// Fetches `peer`'s blocks from height `from`; they come back as [`Command::Blocks`] (none if
+    /// the fetch failed).
     pub fn fetch(&self, peer: NodeId, from: Height) {
-        self.enqueue(peer, Outbound::Fetch(from));
-    }
-
-    fn enqueue(&self, peer: NodeId, outbound: Outbound) {
-        if let Some(queue) = self.queues.get(&peer) {
-            if let Err(error) = queue.try_send(outbound) {
-                debug!("queue to node {peer} is full; dropping a frame");
-                match error.into_inner() {
-                    Outbound::Frame(messages) => self.telemetry.failed_messages(peer, &messages),
-                    Outbound::Fetch(_) => self.telemetry.failed(peer, Kind::Fetch, 1),
-                }
-            }
+        let Some(link) = self.peers.get(&peer) else {
+            return;
+        };
+        let fetcher = Fetcher {
+            id: self.id,
+            peer,
+            client: link.client.clone(),
+            genesis_hash: self.genesis_hash,
+            links: self.links.clone(),
+            core: self.core.clone(),
+        };
+        if self.links.sends_to(peer) {
+            self.telemetry.fetch_sent(peer);
+            tokio::spawn(fetcher.fetch(from));
+        } else {
+            self.telemetry.failed(peer, Kind::Fetch, 1);
+            fetcher.deliver_blocks(Vec::new());
         }
     }
 }
 
-#[derive(Clone)]
-struct PeerSender {
+/// Opens a `Stream` call to `peer`; frames put into the returned sender travel on it, in order.
+/// When the call ends, the sender reports closed and the next frame opens a new call.
+fn open_stream(
+    client: &PeerServiceClient<Channel>,
+    id: NodeId,
+    peer: NodeId,
+    genesis_hash: Hash,
+) -> mpsc::Sender<proto::PeerFrame> {
+    let (sender, frames) = mpsc::channel(STREAM_FRAMES_MAX);
+    let mut request = tonic::Request::new(ReceiverStream::new(frames));
+    convert::name_caller(&mut request, id, genesis_hash);
+    let mut client = client.clone();
+    tokio::spawn(async move {
+        if let Err(status) = client.stream(request).await {
+            debug!("stream to node {peer} ended: {}", status.message());
+        }
+    });
+    sender
+}
+
+/// One catch-up fetch from one peer.
+struct Fetcher {
     id: NodeId,
     peer: NodeId,
     client: PeerServiceClient<Channel>,
     genesis_hash: Hash,
     links: Arc<Links>,
     core: CoreHandle,
-    telemetry: Arc<Telemetry>,
 }
 
-impl PeerSender {
-    async fn run(self, mut queue: mpsc::Receiver<Outbound>) {
-        let mut stream: Option<mpsc::Sender<proto::PeerFrame>> = None;
-        while let Some(outbound) = queue.recv().await {
-            match outbound {
-                Outbound::Fetch(from) => {
-                    if self.links.sends_to(self.peer) {
-                        self.telemetry.fetch_sent(self.peer);
-                        tokio::spawn(self.clone().fetch(from));
-                    } else {
-                        self.telemetry.failed(self.peer, Kind::Fetch, 1);
-                        self.deliver_blocks(Vec::new());
-                    }
-                }
-                Outbound::Frame(messages) => {
-                    if !self.links.sends_to(self.peer) {
-                        self.telemetry.failed_messages(self.peer, &messages);
-                        continue;
-                    }
-                    let open = stream.as_ref().filter(|stream| !stream.is_closed());
-                    let sender = match open {
-                        Some(sender) => sender,
-                        None => stream.insert(self.open()),
-                    };
-                    if sender.try_send(convert::frame(&messages)).is_err() {
-                        debug!("stream to node {} is full; dropping a frame", self.peer);
-                        self.telemetry.failed_messages(self.peer, &messages);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Opens a `Stream` call; frames put into the returned sender travel on it, in order. When the
-    /// call ends, the sender reports closed and the next frame opens a new call.
-    fn open(&self) -> mpsc::Sender<proto::PeerFrame> {
-        let (sender, frames) = mpsc::channel(STREAM_FRAMES_MAX);
-        let mut request = tonic::Request::new(ReceiverStream::new(frames));
-        convert::name_caller(&mut request, self.id, self.genesis_hash);
-        let mut client = self.client.clone();
-        let peer = self.peer;
-        tokio::spawn(async move {
-            if let Err(status) = client.stream(request).await {
-                debug!("stream to node {peer} ended: {}", status.message());
-            }
-        });
-        sender
-    }
-
+impl Fetcher {
     async fn fetch(mut self, from: Height) {
         let mut request = tonic::Request::new(proto::FetchBlocksRequest {
             from_height: from,
