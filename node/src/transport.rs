@@ -4,8 +4,8 @@
 //! separate server-streaming calls on the same connection.
 //!
 //! Frames go into the call from the core loop's own step, not through a task of the transport's:
-//! on the node's one thread each task hop waits its turn behind every other ready task, a task per
-//! client call under load.
+//! on the node's single thread (the default `--threads 1`) each task hop waits its turn behind
+//! every other ready task, a task per client call under load.
 //!
 //! A frame that cannot be sent (the peer is down, its stream's buffer is full, the link is cut)
 //! is a lost message: the core retransmits what matters. A call that ends is opened again with the
@@ -124,18 +124,24 @@ impl Transport {
             self.telemetry.failed_messages(peer, &messages);
             return;
         }
-        let Some(link) = self.peers.get_mut(&peer) else {
+        let Some(connection) = self.peers.get_mut(&peer) else {
             return;
         };
-        let open = link.stream.as_ref().filter(|stream| !stream.is_closed());
+        let open = connection
+            .stream
+            .as_ref()
+            .filter(|stream| !stream.is_closed());
         let stream = match open {
             Some(stream) => stream,
-            None => link
-                .stream
-                .insert(open_stream(&link.client, self.id, peer, self.genesis_hash)),
+            None => connection.stream.insert(open_stream(
+                &connection.client,
+                self.id,
+                peer,
+                self.genesis_hash,
+            )),
         };
         if stream.try_send(convert::frame(&messages)).is_err() {
-            debug!("stream to node {peer} is full; dropping a frame");
+            debug!("stream to node {peer} is full or closing; dropping a frame");
             self.telemetry.failed_messages(peer, &messages);
         }
     }
@@ -143,13 +149,13 @@ impl Transport {
     /// Fetches `peer`'s blocks from height `from`; they come back as [`Command::Blocks`] (none if
     /// the fetch failed).
     pub fn fetch(&self, peer: NodeId, from: Height) {
-        let Some(link) = self.peers.get(&peer) else {
+        let Some(connection) = self.peers.get(&peer) else {
             return;
         };
         let fetcher = Fetcher {
             id: self.id,
             peer,
-            client: link.client.clone(),
+            client: connection.client.clone(),
             genesis_hash: self.genesis_hash,
             links: self.links.clone(),
             core: self.core.clone(),
