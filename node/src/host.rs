@@ -81,6 +81,15 @@ impl Group {
     fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.messages.is_empty()
     }
+
+    /// Whether something rests on these writes: a promise, a vote or a pending transfer in them,
+    /// or a message or a client that waits for them. A group that holds none of these (typically
+    /// decided blocks and their snapshot) may be written lazily.
+    fn needs_sync(&self) -> bool {
+        !self.messages.is_empty()
+            || !self.pending.is_empty()
+            || self.writes.iter().any(Write::vouches)
+    }
 }
 
 /// An input held back while a write runs, with the `SynchronousWrites` planted bug only.
@@ -110,6 +119,9 @@ pub struct Host<W> {
     unflushed_pending: HashSet<TransferId>,
     /// With the `SynchronousWrites` planted bug: inputs that arrived during a write.
     held: VecDeque<Held<W>>,
+    /// A tick passed since the last write started. Until then a group of lazy writes waits for
+    /// the next synced one to join, rather than waking the writer on its own.
+    lazy_write_due: bool,
 }
 
 impl<W> Host<W> {
@@ -126,6 +138,7 @@ impl<W> Host<W> {
             forwards: BTreeMap::new(),
             unflushed_pending: HashSet::new(),
             held: VecDeque::new(),
+            lazy_write_due: false,
         }
     }
 
@@ -155,6 +168,7 @@ impl<W> Host<W> {
 
     /// A heartbeat interval passed.
     pub fn tick<E: Environment<Waiter = W>>(&mut self, env: &mut E) {
+        self.lazy_write_due = true;
         if self.holds_inputs() {
             self.held.push_back(Held::Tick);
             return;
@@ -350,12 +364,17 @@ impl<W> Host<W> {
         if self.writing.is_some() || self.collecting.is_empty() {
             return;
         }
+        let needs_sync = self.collecting.needs_sync();
+        // A lazy group on its own would cost the writer thread a wake-up and the loop another
+        // for its end, on the path of the next client's answer: it waits, up to a tick, for the
+        // next synced group, whose record carries it at no extra cost.
+        if !needs_sync && !self.lazy_write_due {
+            return;
+        }
+        self.lazy_write_due = false;
         let mut group = std::mem::take(&mut self.collecting);
         let writes = std::mem::take(&mut group.writes);
-        // A group that holds no promise, vote or pending transfer, and releases nothing once
-        // written, is written lazily: typically decided blocks and their snapshot.
-        let releases_nothing = group.messages.is_empty() && group.pending.is_empty();
-        let lazy = (releases_nothing && !writes.iter().any(Write::vouches))
+        let lazy = !needs_sync
             || self
                 .replica
                 .config()
@@ -727,7 +746,14 @@ mod tests {
         vote(&mut host, &mut env, 2, &accept);
         host.write_done(&mut env);
         assert!(matches!(env.answers[..], [(1, Ok(_))]), "decided");
-        assert_eq!(env.writes.len(), 2);
+        assert_eq!(
+            env.writes.len(),
+            1,
+            "the decided block waits for a synced write or a tick"
+        );
+        host.tick(&mut env);
+        host.flush(&mut env);
+        assert_eq!(env.writes.len(), 2, "the tick starts the lazy write");
         assert!(env.writes[1]
             .iter()
             .any(|write| matches!(write, Write::AppendBlock(_))));
@@ -737,6 +763,25 @@ mod tests {
             Durability::Lazy,
             "the block is not synced"
         );
+    }
+
+    #[test]
+    fn a_decided_block_joins_the_next_vote_write() {
+        let (mut host, mut env) = leader();
+        host.propose(transfer("a", 1, 2, 5), 1, &mut env);
+        host.flush(&mut env);
+        let accept = env.accept_sent_to(2, "the Accept left");
+        vote(&mut host, &mut env, 2, &accept);
+        host.write_done(&mut env);
+        assert!(matches!(env.answers[..], [(1, Ok(_))]), "decided");
+        host.propose(transfer("b", 1, 2, 5), 1, &mut env);
+        host.flush(&mut env);
+        assert_eq!(env.writes.len(), 2, "one write for the block and the vote");
+        assert_eq!(env.durability[1], Durability::Synced, "the vote is synced");
+        assert!(env.writes[1]
+            .iter()
+            .any(|write| matches!(write, Write::AppendBlock(_))));
+        assert!(env.writes[1].iter().any(Write::vouches));
     }
 
     #[test]
