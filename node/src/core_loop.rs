@@ -3,7 +3,8 @@
 //!
 //! The task waits for the next command, tick or finished write, takes every command already queued
 //! as one batch (up to [`COMMANDS_PER_BATCH_MAX`]), and ends the batch with [`Host::flush`]: one
-//! frame of messages per peer, and the next group of writes handed to the writer if it is idle.
+//! frame of messages per peer, and the next group of writes handed to the writer if it is idle
+//! (a group of decided blocks only, which needs no sync, waits for one that does, or a tick).
 //! The writer never blocks the task, so heartbeats and their replies never wait behind a flush;
 //! and when a tick and replies are both ready, the replies are taken first, so they count in the
 //! round that the tick ends.
@@ -121,7 +122,9 @@ pub fn channel() -> (CoreHandle, mpsc::Receiver<Command>) {
 
 /// The longest the writer holds lazy records in memory (see `Wal::write_out`) when no synced
 /// write comes to take them to the file: they are then written, unsynced, so that a process
-/// crash loses no more than a machine crash would have within this window.
+/// crash loses no more than a machine crash would have within this window. (Before that they
+/// may wait in the core loop for up to a tick, see `Host`'s `lazy_write_due`: a crash may lose
+/// a tick's decided blocks, which the node then has as accepted values or fetches again.)
 const LAZY_HOLD_MAX: Duration = Duration::from_millis(10);
 
 /// Backlogs handed to the sled thread and not yet applied, beyond the one it is applying: when

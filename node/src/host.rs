@@ -253,7 +253,8 @@ impl<W> Host<W> {
     }
 
     /// Ends a batch of inputs: sends what may leave, one batch per peer, and starts writing what
-    /// gathered if no write is running.
+    /// gathered if no write is running; what gathered is only decided blocks (it needs no sync),
+    /// it waits for a write that needs one, or for the next tick.
     pub fn flush<E: Environment<Waiter = W>>(&mut self, env: &mut E) {
         let limit = self.replica.config().batch_transfers_max;
         for ((peer, hops), transfers) in std::mem::take(&mut self.forwards) {
@@ -778,10 +779,12 @@ mod tests {
         host.flush(&mut env);
         assert_eq!(env.writes.len(), 2, "one write for the block and the vote");
         assert_eq!(env.durability[1], Durability::Synced, "the vote is synced");
-        assert!(env.writes[1]
-            .iter()
-            .any(|write| matches!(write, Write::AppendBlock(_))));
-        assert!(env.writes[1].iter().any(Write::vouches));
+        let position = |wanted: fn(&Write) -> bool| env.writes[1].iter().position(wanted);
+        let block = position(|write| matches!(write, Write::AppendBlock(_)))
+            .expect("the decided block is in the write");
+        let vote = position(|write| matches!(write, Write::Accept { .. }))
+            .expect("the next slot's vote is in the write");
+        assert!(block < vote, "the block keeps its place before the vote");
     }
 
     #[test]

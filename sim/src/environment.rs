@@ -89,6 +89,9 @@ impl Environment for SimEnvironment<'_> {
     fn appended(&mut self, block: &Block) {
         let id = self.id;
         let world = &mut *self.world;
+        world.nodes[id as usize - 1]
+            .decided
+            .insert(block.height, block.clone());
         let result = world
             .links
             .observe(id, block)

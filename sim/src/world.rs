@@ -220,6 +220,11 @@ pub(crate) struct SimNode {
     /// the disk; a crash before then keeps them (the process died, the system's cache lived) or
     /// loses them (the machine lost power), at random.
     pub(crate) unsynced: Vec<Vec<Write>>,
+    /// Blocks the core decided that may not be on the disk yet, by height, as the node's
+    /// `DecidedBlocks` shows them to its chain readers: a fetch sees them whether their write has
+    /// started or not (a decided block may wait up to a tick for a write to join). A crash loses
+    /// them.
+    pub(crate) decided: BTreeMap<Height, Block>,
     /// Bumped on every restart so ticks and writes of an earlier life are ignored.
     pub(crate) incarnation: u64,
     pub(crate) disk_profile: DiskProfile,
@@ -371,6 +376,7 @@ impl World {
                 disk: fresh_disk(&genesis),
                 writing: None,
                 unsynced: Vec::new(),
+                decided: BTreeMap::new(),
                 incarnation: 0,
                 disk_profile: DiskProfile::healthy(),
                 fail_next_write: false,
@@ -865,7 +871,7 @@ impl World {
     }
 
     /// Runs `body` on node `id`'s host (if the node is up) with the simulated environment, ends
-    /// the batch as the node does (sending what may leave, starting the next write), and checks
+    /// the batch as the node does (sending what may leave, starting the next write if it may), and checks
     /// the invariants.
     pub(crate) fn with_host(
         &mut self,
@@ -956,6 +962,7 @@ impl World {
         };
         // Whatever had not reached the disk is gone, and so is what waited for it.
         node.writing = None;
+        node.decided.clear();
         let unsynced = std::mem::take(&mut node.unsynced);
         if !unsynced.is_empty() {
             if self.rng.random_bool(0.5) {
@@ -1086,6 +1093,10 @@ impl World {
                 })
                 .or(archived);
         }
+        if let Some(height) = archived {
+            let node = &mut self.nodes[id as usize - 1];
+            node.decided = node.decided.split_off(&(height + 1));
+        }
         self.with_host(id, |host, environment| {
             host.write_done(environment);
             if let Some(height) = archived {
@@ -1128,22 +1139,14 @@ impl World {
                 host.receive(from, messages, environment)
             }),
             Packet::FetchRequest { from: height } => {
-                // As a node's chain reader does: the disk, then the blocks written since the last
-                // sync (decided blocks are written lazily).
+                // As a node's chain reader does: the disk, then the blocks decided since (their
+                // writes may not have started: decided blocks are written lazily).
                 let node = &self.nodes[to as usize - 1];
                 let mut blocks = node
                     .disk
                     .blocks(height, CATCH_UP_BLOCKS_MAX)
                     .expect("the memory disk reads");
-                let unsynced = node
-                    .unsynced
-                    .iter()
-                    .flatten()
-                    .filter_map(|write| match write {
-                        Write::AppendBlock(block) => Some(block),
-                        _ => None,
-                    });
-                for block in unsynced {
+                for block in node.decided.range(height..).map(|(_, block)| block) {
                     let next = blocks.last().map_or(height, |last| last.height + 1);
                     if block.height == next && blocks.len() < CATCH_UP_BLOCKS_MAX {
                         blocks.push(block.clone());
