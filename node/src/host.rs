@@ -253,8 +253,8 @@ impl<W> Host<W> {
     }
 
     /// Ends a batch of inputs: sends what may leave, one batch per peer, and starts writing what
-    /// gathered if no write is running; what gathered is only decided blocks (it needs no sync),
-    /// it waits for a write that needs one, or for the next tick.
+    /// gathered if no write is running. A group of decided blocks only (it needs no sync) waits
+    /// for a group that needs one, or for the next tick.
     pub fn flush<E: Environment<Waiter = W>>(&mut self, env: &mut E) {
         let limit = self.replica.config().batch_transfers_max;
         for ((peer, hops), transfers) in std::mem::take(&mut self.forwards) {
@@ -733,8 +733,9 @@ mod tests {
         assert!(matches!(env.answers[..], [(1, Ok(_))]));
     }
 
-    #[test]
-    fn votes_are_synced_and_decided_blocks_written_lazily() {
+    /// A leader proposes one transfer, its vote is synced, node 2 votes and the leader's write
+    /// ends: the transfer is decided, and its block is not written yet.
+    fn leader_with_one_decided() -> (Host<u32>, Recorder) {
         let (mut host, mut env) = leader();
         host.propose(transfer("a", 1, 2, 5), 1, &mut env);
         host.flush(&mut env);
@@ -747,6 +748,12 @@ mod tests {
         vote(&mut host, &mut env, 2, &accept);
         host.write_done(&mut env);
         assert!(matches!(env.answers[..], [(1, Ok(_))]), "decided");
+        (host, env)
+    }
+
+    #[test]
+    fn votes_are_synced_and_decided_blocks_written_lazily() {
+        let (mut host, mut env) = leader_with_one_decided();
         assert_eq!(
             env.writes.len(),
             1,
@@ -768,13 +775,7 @@ mod tests {
 
     #[test]
     fn a_decided_block_joins_the_next_vote_write() {
-        let (mut host, mut env) = leader();
-        host.propose(transfer("a", 1, 2, 5), 1, &mut env);
-        host.flush(&mut env);
-        let accept = env.accept_sent_to(2, "the Accept left");
-        vote(&mut host, &mut env, 2, &accept);
-        host.write_done(&mut env);
-        assert!(matches!(env.answers[..], [(1, Ok(_))]), "decided");
+        let (mut host, mut env) = leader_with_one_decided();
         host.propose(transfer("b", 1, 2, 5), 1, &mut env);
         host.flush(&mut env);
         assert_eq!(env.writes.len(), 2, "one write for the block and the vote");

@@ -871,8 +871,8 @@ impl World {
     }
 
     /// Runs `body` on node `id`'s host (if the node is up) with the simulated environment, ends
-    /// the batch as the node does (sending what may leave, starting the next write if it may), and checks
-    /// the invariants.
+    /// the batch as the node does (sending what may leave, starting the next write if it may),
+    /// and checks the invariants.
     pub(crate) fn with_host(
         &mut self,
         id: NodeId,
