@@ -472,11 +472,18 @@ impl Wal {
     }
 
     /// Deletes every segment that ends at or before `position`: their records are elsewhere now.
+    /// Another caller may be deleting them too (the store's checkpoint thread, and a checkpoint
+    /// on opening): a segment already gone is what both want.
     pub fn forget_before(folder: &Path, position: Position) -> Result<(), WalError> {
         for segment in list_segments(folder)? {
             if segment < position.segment {
                 let path = segment_path(folder, segment);
-                fs::remove_file(&path).map_err(io_error(&path))?;
+                match fs::remove_file(&path) {
+                    Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_error(&path)(error))
+                    }
+                    _ => {}
+                }
             }
         }
         sync_folder(folder)
@@ -1014,6 +1021,34 @@ mod tests {
         let (_, replayed) = plain(folder.path(), Position::default()).unwrap();
         assert_eq!(replayed.len(), 1);
         assert_eq!(replayed[0].payload, b"new");
+    }
+
+    #[test]
+    fn two_callers_forgetting_the_same_segments_both_succeed() {
+        let folder = tempfile::tempdir().unwrap();
+        let (mut wal, _) = plain(folder.path(), Position::default()).unwrap();
+        for _ in 0..300 {
+            wal.append(b"old").unwrap();
+            wal.rotate().unwrap();
+        }
+        let kept = wal.append(b"new").unwrap();
+        drop(wal);
+        // Both list the segments, then race to delete them: each meets some the other deleted.
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            let forgetters: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        Wal::forget_before(folder.path(), kept)
+                    })
+                })
+                .collect();
+            for forgetter in forgetters {
+                forgetter.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(list_segments(folder.path()).unwrap(), vec![kept.segment]);
     }
 
     #[test]
