@@ -2131,13 +2131,10 @@ mod tests {
             if entry.file_type().unwrap().is_dir() {
                 copy_folder(&entry.path(), &target);
             } else {
-                match std::fs::copy(entry.path(), target) {
-                    // Renamed or deleted since the listing by a thread of the open store (the
-                    // log's ready file, sled's own files): a crash now would not have it either.
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    result => {
-                        result.unwrap();
-                    }
+                // A file renamed or deleted since the listing by a thread of the open store
+                // (the log's ready file, sled's own files): a crash now would not have it either.
+                if let Err(error) = std::fs::copy(entry.path(), target) {
+                    assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
                 }
             }
         }

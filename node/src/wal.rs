@@ -202,13 +202,7 @@ impl Wal {
         fs::create_dir_all(folder).map_err(io_error(folder))?;
         // A file made ready before a crash may not be whole: make a new one.
         for name in [PREPARING, PREPARED] {
-            let path = folder.join(name);
-            match fs::remove_file(&path) {
-                Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                    return Err(io_error(&path)(error))
-                }
-                _ => {}
-            }
+            remove_if_present(&folder.join(name))?;
         }
         let segments = list_segments(folder)?;
         let mut replayed = Vec::new();
@@ -477,13 +471,7 @@ impl Wal {
     pub fn forget_before(folder: &Path, position: Position) -> Result<(), WalError> {
         for segment in list_segments(folder)? {
             if segment < position.segment {
-                let path = segment_path(folder, segment);
-                match fs::remove_file(&path) {
-                    Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                        return Err(io_error(&path)(error))
-                    }
-                    _ => {}
-                }
+                remove_if_present(&segment_path(folder, segment))?;
             }
         }
         sync_folder(folder)
@@ -627,6 +615,14 @@ fn open_for_writing(path: &Path) -> Result<File, WalError> {
         .truncate(false)
         .open(path)
         .map_err(io_error(path))
+}
+
+/// Deletes the file at `path`; one already gone counts as deleted.
+fn remove_if_present(path: &Path) -> Result<(), WalError> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(io_error(path)(error)),
+        _ => Ok(()),
+    }
 }
 
 fn segment_path(folder: &Path, segment: u64) -> PathBuf {
