@@ -5,6 +5,8 @@
 //! as one batch (up to [`COMMANDS_PER_BATCH_MAX`]), and ends the batch with [`Host::flush`]: one
 //! frame of messages per peer, and the next group of writes handed to the writer if it is idle
 //! (a group of decided blocks only, which needs no sync, waits for one that does, or a tick).
+//! Beyond the first few, the batch's answers to clients go out after that, a group at a time (see
+//! [`Answers`]).
 //! The writer never blocks the task, so heartbeats and their replies never wait behind a flush;
 //! and when a tick and replies are both ready, the replies are taken first, so they count in the
 //! round that the tick ends.
@@ -26,6 +28,11 @@ use crate::transport::Transport;
 
 /// The most commands taken into one batch before its messages and writes go out.
 pub const COMMANDS_PER_BATCH_MAX: usize = 1_024;
+/// Callers answered in one group before the core loop yields to let their answers leave (see
+/// [`Answers`]). Interleaved runs on two cores, 5 nodes, all load to the leader over one
+/// connection, 6 pairs each: against all at once, 10% more transfers/s at 64 clients and 15% at
+/// 256 (medians), the same at one client; 8 and 32 did worse than 16.
+pub const ANSWERS_PER_YIELD: usize = 16;
 /// The most commands waiting for the core loop; beyond it peers' frames are dropped and clients
 /// are told the node is busy.
 pub const COMMAND_QUEUE_MAX: usize = 65_536;
@@ -267,6 +274,43 @@ fn run_sled_applier(
     }
 }
 
+/// Answers for the callers of one batch. The first [`ANSWERS_PER_YIELD`] go at once; the rest are
+/// held until the batch's frames and writes have gone out, then sent a group at a time, the core
+/// loop yielding before each group: the callers' tasks and their connection's task run in
+/// between, so the first answers are on the wire while the rest are still being handed over.
+/// Answered all at once, a decided block's callers would be written to their connection in one
+/// go after the last of them, and a client process that waits for them would start its next
+/// requests only then, with the machine's other CPU idle meanwhile.
+#[derive(Default)]
+pub struct Answers {
+    sent_at_once: usize,
+    held: Vec<(Waiter, TransferResult)>,
+}
+
+impl Answers {
+    /// Answers `waiter` now, or holds the answer for [`Answers::send_held`].
+    pub fn answer(&mut self, waiter: Waiter, result: TransferResult) {
+        if self.sent_at_once < ANSWERS_PER_YIELD {
+            self.sent_at_once += 1;
+            let _ = waiter.result.send(result);
+        } else {
+            self.held.push((waiter, result));
+        }
+    }
+
+    /// Sends every held answer, yielding to the runtime before each group; the next batch's first
+    /// answers go at once again.
+    pub async fn send_held(&mut self) {
+        for (index, (waiter, result)) in std::mem::take(&mut self.held).into_iter().enumerate() {
+            if index % ANSWERS_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
+            let _ = waiter.result.send(result);
+        }
+        self.sent_at_once = 0;
+    }
+}
+
 /// The node's side of the host's [`Environment`].
 pub struct NodeEnvironment {
     transport: Transport,
@@ -276,6 +320,8 @@ pub struct NodeEnvironment {
     telemetry: std::sync::Arc<Telemetry>,
     /// Decided heights not yet logged: logged once per tick, not once per block.
     decided_unlogged: Option<(Height, Height, usize)>,
+    /// Callers' outcomes found in this batch.
+    answers: Answers,
 }
 
 impl NodeEnvironment {
@@ -293,6 +339,7 @@ impl NodeEnvironment {
             decided,
             telemetry,
             decided_unlogged: None,
+            answers: Answers::default(),
         }
     }
 
@@ -326,7 +373,7 @@ impl Environment for NodeEnvironment {
     }
 
     fn answer(&mut self, waiter: Waiter, result: TransferResult) {
-        let _ = waiter.result.send(result);
+        self.answers.answer(waiter, result);
     }
 
     fn taken(&mut self, waiter: &mut Waiter, _id: &TransferId) {
@@ -391,6 +438,7 @@ pub async fn run(
         }
         context.drain(&mut host, &mut commands);
         host.flush(context.environment);
+        context.environment.answers.send_held().await;
     }
 }
 
@@ -525,6 +573,78 @@ mod tests {
             }
             Written::Done => false,
         }
+    }
+
+    fn waiting(count: usize) -> (Vec<Waiter>, Vec<oneshot::Receiver<TransferResult>>) {
+        (0..count)
+            .map(|_| {
+                let (result, receiver) = oneshot::channel();
+                (
+                    Waiter {
+                        result,
+                        taken: None,
+                    },
+                    receiver,
+                )
+            })
+            .unzip()
+    }
+
+    fn busy() -> TransferResult {
+        Err(benmo_paxos::ProposeError::Busy { limit: 1 })
+    }
+
+    #[tokio::test]
+    async fn a_batchs_first_answers_go_at_once_and_the_rest_when_sent() {
+        let count = ANSWERS_PER_YIELD * 2 + 3;
+        let mut answers = Answers::default();
+        let (waiters, mut receivers) = waiting(count);
+        for waiter in waiters {
+            answers.answer(waiter, busy());
+        }
+        let arrived = |receivers: &mut Vec<oneshot::Receiver<TransferResult>>| {
+            receivers
+                .iter_mut()
+                .map(|receiver| receiver.try_recv().is_ok())
+                .collect::<Vec<bool>>()
+        };
+        let early = arrived(&mut receivers);
+        assert!(early[..ANSWERS_PER_YIELD].iter().all(|&sent| sent));
+        assert!(early[ANSWERS_PER_YIELD..].iter().all(|&sent| !sent));
+        answers.send_held().await;
+        let rest = arrived(&mut receivers.split_off(ANSWERS_PER_YIELD));
+        assert!(rest.iter().all(|&sent| sent), "every held answer is sent");
+        let (waiters, mut later) = waiting(count);
+        // The next batch starts afresh: its first group goes at once.
+        for waiter in waiters {
+            answers.answer(waiter, busy());
+        }
+        assert_eq!(
+            arrived(&mut later).iter().filter(|&&sent| sent).count(),
+            ANSWERS_PER_YIELD
+        );
+    }
+
+    #[tokio::test]
+    async fn other_tasks_run_between_groups_of_held_answers() {
+        let mut answers = Answers::default();
+        let (waiters, mut receivers) = waiting(ANSWERS_PER_YIELD * 3);
+        let mut last = receivers.pop().expect("there are waiters");
+        let second_group = receivers.swap_remove(ANSWERS_PER_YIELD);
+        for waiter in waiters {
+            answers.answer(waiter, busy());
+        }
+        // On this one-thread runtime, the task runs only when the sender yields.
+        let watcher = tokio::spawn(async move {
+            assert!(second_group.await.expect("answered").is_err());
+            last.try_recv().is_ok()
+        });
+        answers.send_held().await;
+        let last_was_answered = watcher.await.unwrap();
+        assert!(
+            !last_was_answered,
+            "the second group's caller ran before the third group was answered"
+        );
     }
 
     #[tokio::test]
