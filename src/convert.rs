@@ -90,7 +90,8 @@ impl From<&Transfer> for proto::Transfer {
             amount: transfer.amount,
             signature: transfer
                 .signature
-                .map(|signature| signature.0.to_vec())
+                .as_ref()
+                .map(|signature| signature.as_bytes().to_vec())
                 .unwrap_or_default(),
         }
     }
@@ -102,7 +103,7 @@ impl TryFrom<proto::Transfer> for Transfer {
     fn try_from(transfer: proto::Transfer) -> Result<Transfer, ConvertError> {
         let signature = match transfer.signature.len() {
             0 => None,
-            _ => Some(Signature(transfer.signature[..].try_into().map_err(
+            _ => Some(Signature::new(transfer.signature[..].try_into().map_err(
                 |_| ConvertError::SignatureLength {
                     length: transfer.signature.len(),
                 },

@@ -33,7 +33,7 @@ pub enum SignatureError {
 /// Signs `transfer` with `key` for the cluster whose genesis hash is `genesis_hash`.
 pub fn sign(transfer: &mut Transfer, key: &SigningKey, genesis_hash: &Hash) {
     let signature = key.sign(&transfer.signing_message(genesis_hash));
-    transfer.signature = Some(Signature(signature.to_bytes()));
+    transfer.signature = Some(Signature::new(signature.to_bytes()));
 }
 
 /// Checks that `transfer` carries the signature of `key` (its debited account's) for the cluster
@@ -52,7 +52,7 @@ pub fn verify(
     let key = key.ok_or(SignatureError::NoKey(transfer.from))?;
     key.verify(
         &transfer.signing_message(genesis_hash),
-        &ed25519_dalek::Signature::from_bytes(&signature.0),
+        &ed25519_dalek::Signature::from_bytes(signature.as_bytes()),
     )
     .map_err(|_| SignatureError::Wrong {
         id: transfer.id.to_string(),

@@ -151,7 +151,7 @@ fn hash_entry(hasher: &mut Sha256, entry: &Entry) {
         None => hasher.update([0]),
         Some(signature) => {
             hasher.update([1]);
-            hasher.update(signature.0);
+            hasher.update(signature.as_bytes());
         }
     }
     match &entry.outcome {

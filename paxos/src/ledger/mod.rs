@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub use block::{Batch, Block, Entry, Hash};
 pub use transfer::{
-    AccountId, Outcome, Rejection, Signature, Transfer, TransferId, TransferIdError,
+    AccountId, IdHasher, Outcome, Rejection, Signature, Transfer, TransferId, TransferIdError,
 };
 
 use crate::bugs::{PlantedBug, PlantedBugs};
@@ -111,7 +111,7 @@ pub struct Ledger {
     height: Height,
     head_hash: Hash,
     /// Records of blocks above the archived height.
-    recent: HashMap<TransferId, Record>,
+    recent: HashMap<TransferId, Record, IdHasher>,
     /// The ids of `recent`, by block, oldest first, so archiving can drop them.
     recent_by_height: VecDeque<(Height, Vec<TransferId>)>,
     archive: Option<Arc<dyn Archive>>,
@@ -136,7 +136,7 @@ impl fmt::Debug for Ledger {
 /// There are only a handful of accounts, so a copy of the balances is the cheapest overlay.
 struct Overlay<'a> {
     balances: Vec<u64>,
-    ids: HashSet<&'a TransferId>,
+    ids: HashSet<&'a TransferId, IdHasher>,
 }
 
 impl Ledger {
@@ -148,7 +148,7 @@ impl Ledger {
             balances: vec![genesis_balance; accounts as usize],
             height: 0,
             head_hash: genesis.hash,
-            recent: HashMap::new(),
+            recent: HashMap::default(),
             recent_by_height: VecDeque::new(),
             archive: None,
             transfers: 0,
@@ -384,7 +384,7 @@ impl Ledger {
     fn derive(&self, height: Height, transfers: &[Transfer]) -> (Vec<Entry>, Vec<u64>) {
         let mut overlay = Overlay {
             balances: self.balances.clone(),
-            ids: HashSet::with_capacity(transfers.len()),
+            ids: HashSet::with_capacity_and_hasher(transfers.len(), IdHasher::default()),
         };
         let mut entries = Vec::with_capacity(transfers.len());
         for transfer in transfers {

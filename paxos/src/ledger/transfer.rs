@@ -1,6 +1,7 @@
 //! Transfers, their ids and what the ledger decides about them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::types::{Height, NodeId};
 
@@ -11,8 +12,11 @@ pub type AccountId = NodeId;
 ///
 /// 1 to [`TransferId::LEN_MAX`] characters from `A-Z a-z 0-9 . _ : -`, so ids print safely in
 /// tables and logs and hash the same everywhere.
+///
+/// Shared, not copied, when cloned: one id travels in the pending log, the leader's queue, every
+/// Accept of its block and the ledger's records, and a leader clones it once per peer asked.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TransferId(String);
+pub struct TransferId(Arc<str>);
 
 /// Why a string is not a valid [`TransferId`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +40,12 @@ pub enum TransferIdError {
     },
 }
 
+/// How maps and sets keyed by [`TransferId`] hash. Ids are chosen by clients, so the hash is
+/// keyed, with a seed drawn at random per process, and no one can aim ids at one bucket; and it
+/// is foldhash's, not the standard SipHash, because ids are hashed several times per transfer on
+/// every node (the ledger's records, the leader's proposed set, the host's pending writes).
+pub type IdHasher = foldhash::quality::RandomState;
+
 impl TransferId {
     /// The longest id accepted, in bytes.
     pub const LEN_MAX: usize = 64;
@@ -58,7 +68,7 @@ impl TransferId {
                 limit: TransferId::LEN_MAX,
             });
         }
-        Ok(TransferId(id))
+        Ok(TransferId(id.into()))
     }
 
     /// The id as text.
@@ -90,9 +100,23 @@ pub struct Transfer {
     pub signature: Option<Signature>,
 }
 
-/// An ed25519 signature: 64 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Signature(pub [u8; 64]);
+/// An ed25519 signature: 64 bytes, shared rather than copied when its transfer is cloned (a
+/// transfer is cloned into every Accept and record of its block), so that a [`Transfer`] stays
+/// small to move.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Signature(Arc<[u8; 64]>);
+
+impl Signature {
+    /// Wraps the signature's bytes.
+    pub fn new(bytes: [u8; 64]) -> Signature {
+        Signature(Arc::new(bytes))
+    }
+
+    /// The signature's bytes.
+    pub fn as_bytes(&self) -> &[u8; 64] {
+        &self.0
+    }
+}
 
 impl fmt::Debug for Signature {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -190,7 +190,7 @@ impl Replica {
             next_slot: height + 1,
             in_flight: BTreeMap::new(),
             queue: VecDeque::new(),
-            proposed: HashSet::new(),
+            proposed: HashSet::default(),
             untold: Vec::new(),
             asked: BTreeSet::new(),
             probe_due: true,

@@ -25,7 +25,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::bugs::PlantedBug;
 use crate::config::{Config, ConfigError};
-use crate::ledger::{Batch, Block, Hash, Ledger, Outcome, Rejection, Transfer, TransferId};
+use crate::ledger::{
+    Batch, Block, Hash, IdHasher, Ledger, Outcome, Rejection, Transfer, TransferId,
+};
 use crate::message::{Decide, Message};
 use crate::storage::{Restored, Write};
 use crate::types::{Ballot, Height, NodeId};
@@ -331,7 +333,7 @@ struct Leader {
     in_flight: BTreeMap<Height, Proposal>,
     queue: VecDeque<Queued>,
     /// Ids in `queue` or in an in-flight batch, so a transfer forwarded twice is proposed once.
-    proposed: HashSet<TransferId>,
+    proposed: HashSet<TransferId, IdHasher>,
     /// Decisions that peers with no client waiting on them have not heard yet. They ride with
     /// the next Accepts, or go in front of the next heartbeat or heartbeat reply (which report our
     /// height): when one client at a time waits, that saves every follower a frame, a wake-up and
@@ -618,6 +620,14 @@ impl Replica {
         }
     }
 
+    /// The slots this node proposed as leader and has not yet seen decided (0 unless leader).
+    pub fn in_flight(&self) -> usize {
+        match &self.role {
+            Role::Leader(leader) => leader.in_flight.len(),
+            _ => 0,
+        }
+    }
+
     /// A snapshot for status displays.
     pub fn status(&self) -> Status {
         Status {
@@ -630,10 +640,7 @@ impl Replica {
             height: self.ledger.height(),
             head_hash: self.ledger.head_hash(),
             pending: self.pending.len(),
-            in_flight: match &self.role {
-                Role::Leader(leader) => leader.in_flight.len(),
-                _ => 0,
-            },
+            in_flight: self.in_flight(),
             peer_height_max: self.peer_heights.iter().copied().max().unwrap_or(0),
         }
     }
