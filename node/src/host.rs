@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
+use benmo_paxos::ledger::IdHasher;
 use benmo_paxos::message::Forward;
 use benmo_paxos::{
     Block, Committed, Event, Height, Input, Message, NodeId, Outgoing, PlantedBug, ProposeError,
@@ -82,6 +83,16 @@ impl Group {
         self.writes.is_empty() && self.messages.is_empty()
     }
 
+    /// Whether these writes only take transfers into the pending log (and perhaps write decided
+    /// blocks): no promise, no vote, no message waits on them.
+    fn only_takes_pending(&self) -> bool {
+        self.messages.is_empty()
+            && !self
+                .writes
+                .iter()
+                .any(|write| matches!(write, Write::Promise(_) | Write::Accept { .. }))
+    }
+
     /// Whether something rests on these writes: a promise, a vote or a pending transfer in them,
     /// or a message or a client that waits for them. A group that holds none of these (typically
     /// decided blocks and their snapshot) may be written lazily.
@@ -116,7 +127,7 @@ pub struct Host<W> {
     /// Transfers to forward, by peer and hop count, merged into one message each.
     forwards: BTreeMap<(NodeId, u32), Vec<Transfer>>,
     /// Ids whose `AddPending` is not yet durable.
-    unflushed_pending: HashSet<TransferId>,
+    unflushed_pending: HashSet<TransferId, IdHasher>,
     /// With the `SynchronousWrites` planted bug: inputs that arrived during a write.
     held: VecDeque<Held<W>>,
     /// A tick passed since the last write started. Until then a group of lazy writes waits for
@@ -136,7 +147,7 @@ impl<W> Host<W> {
             writing: None,
             outbox: BTreeMap::new(),
             forwards: BTreeMap::new(),
-            unflushed_pending: HashSet::new(),
+            unflushed_pending: HashSet::default(),
             held: VecDeque::new(),
             lazy_write_due: false,
         }
@@ -372,6 +383,18 @@ impl<W> Host<W> {
         if !needs_sync && !self.lazy_write_due {
             return;
         }
+        // Likewise a leader's group that only takes client transfers into its pending log, while
+        // a slot is in flight: the slot's decision brings the next proposal, whose vote's record
+        // carries them. Written on their own they would cost a second sync per block, and the
+        // next vote would often wait behind it. They still wait at most a tick, and each caller
+        // is told its transfer is taken only once it is durable.
+        if needs_sync
+            && !self.lazy_write_due
+            && self.collecting.only_takes_pending()
+            && self.replica.in_flight() > 0
+        {
+            return;
+        }
         self.lazy_write_due = false;
         let mut group = std::mem::take(&mut self.collecting);
         let writes = std::mem::take(&mut group.writes);
@@ -547,11 +570,15 @@ mod tests {
     }
 
     fn host(id: NodeId, nodes: u32) -> Host<u32> {
+        host_with(Config::new(id, nodes))
+    }
+
+    fn host_with(config: Config) -> Host<u32> {
         let restored = Restored {
             acceptor: AcceptorState::default(),
-            ledger: Ledger::genesis(nodes, 100),
+            ledger: Ledger::genesis(config.nodes, 100),
         };
-        Host::new(Replica::new(Config::new(id, nodes), restored, 1).expect("valid config"))
+        Host::new(Replica::new(config, restored, 1).expect("valid config"))
     }
 
     fn transfer(id: &str, from: NodeId, to: NodeId, amount: u64) -> Transfer {
@@ -566,7 +593,11 @@ mod tests {
 
     /// Makes node 1 of 3 the leader: it starts an election on ticks, and node 2 promises.
     fn leader() -> (Host<u32>, Recorder) {
-        let mut host = host(1, 3);
+        leader_from(host(1, 3))
+    }
+
+    /// Makes `host`, node 1 of 3, the leader (see [`leader`]).
+    fn leader_from(mut host: Host<u32>) -> (Host<u32>, Recorder) {
         let mut env = Recorder::default();
         for _ in 0..20 {
             host.tick(&mut env);
@@ -786,6 +817,81 @@ mod tests {
         let vote = position(|write| matches!(write, Write::Accept { .. }))
             .expect("the next slot's vote is in the write");
         assert!(block < vote, "the block keeps its place before the vote");
+    }
+
+    /// A leader of 3 that keeps one slot in flight (as a node does by default), with slot 1
+    /// proposed for transfer "a", its own vote durable and node 2's vote still to come; and the
+    /// Accept node 2 was sent.
+    fn leader_with_a_slot_in_flight() -> (Host<u32>, Recorder, Accept) {
+        let mut config = Config::new(1, 3);
+        config.in_flight_slots_max = 1;
+        let (mut host, mut env) = leader_from(host_with(config));
+        host.propose(transfer("a", 1, 2, 5), 1, &mut env);
+        host.flush(&mut env);
+        let accept = env.accept_sent_to(2, "the Accept left");
+        host.write_done(&mut env);
+        assert_eq!(host.replica().in_flight(), 1);
+        assert!(!host.is_writing());
+        (host, env, accept)
+    }
+
+    fn takes_pending(writes: &[Write], id: &str) -> bool {
+        writes
+            .iter()
+            .any(|write| matches!(write, Write::AddPending(transfer) if transfer.id.as_str() == id))
+    }
+
+    #[test]
+    fn a_leader_takes_transfers_into_its_pending_log_with_its_next_vote() {
+        let (mut host, mut env, accept) = leader_with_a_slot_in_flight();
+        host.propose(transfer("b", 1, 3, 5), 2, &mut env);
+        host.flush(&mut env);
+        assert_eq!(
+            env.writes.len(),
+            1,
+            "no write of its own for b's pending entry"
+        );
+        vote(&mut host, &mut env, 2, &accept);
+        host.flush(&mut env);
+        assert!(matches!(env.answers[..], [(1, Ok(_))]), "slot 1 is decided");
+        assert_eq!(
+            env.writes.len(),
+            2,
+            "one write for b's entry and slot 2's vote"
+        );
+        assert_eq!(env.durability[1], Durability::Synced);
+        assert!(takes_pending(&env.writes[1], "b"));
+        assert!(env.writes[1]
+            .iter()
+            .any(|write| matches!(write, Write::Accept { slot: 2, .. })));
+        assert!(
+            env.taken.iter().all(|(waiter, _)| *waiter != 2),
+            "b is taken only once durable"
+        );
+        host.write_done(&mut env);
+        assert!(env
+            .taken
+            .iter()
+            .any(|(waiter, id)| *waiter == 2 && id.as_str() == "b"));
+    }
+
+    #[test]
+    fn a_leaders_pending_entries_wait_for_its_next_vote_at_most_a_tick() {
+        let (mut host, mut env, _accept) = leader_with_a_slot_in_flight();
+        host.propose(transfer("b", 1, 3, 5), 2, &mut env);
+        host.flush(&mut env);
+        assert_eq!(env.writes.len(), 1);
+        // Node 2 never votes: the tick writes b's entry on its own, synced.
+        host.tick(&mut env);
+        host.flush(&mut env);
+        assert_eq!(env.writes.len(), 2);
+        assert_eq!(env.durability[1], Durability::Synced);
+        assert!(takes_pending(&env.writes[1], "b"));
+        host.write_done(&mut env);
+        assert!(env
+            .taken
+            .iter()
+            .any(|(waiter, id)| *waiter == 2 && id.as_str() == "b"));
     }
 
     #[test]
