@@ -517,6 +517,13 @@ mod tests {
             self.sent.iter().filter(|(to, _)| *to == peer).count()
         }
 
+        /// Whether `waiter` was told that transfer `id` is durably pending.
+        fn was_taken(&self, waiter: u32, id: &str) -> bool {
+            self.taken
+                .iter()
+                .any(|(taken, taken_id)| *taken == waiter && taken_id.as_str() == id)
+        }
+
         /// The Accept sent to `peer`; `why` says why one must have left.
         fn accept_sent_to(&self, peer: NodeId, why: &str) -> Accept {
             self.sent_to(peer)
@@ -869,10 +876,7 @@ mod tests {
             "b is taken only once durable"
         );
         host.write_done(&mut env);
-        assert!(env
-            .taken
-            .iter()
-            .any(|(waiter, id)| *waiter == 2 && id.as_str() == "b"));
+        assert!(env.was_taken(2, "b"));
     }
 
     #[test]
@@ -888,10 +892,7 @@ mod tests {
         assert_eq!(env.durability[1], Durability::Synced);
         assert!(takes_pending(&env.writes[1], "b"));
         host.write_done(&mut env);
-        assert!(env
-            .taken
-            .iter()
-            .any(|(waiter, id)| *waiter == 2 && id.as_str() == "b"));
+        assert!(env.was_taken(2, "b"));
     }
 
     #[test]
